@@ -1,0 +1,274 @@
+"""Feature extraction with a progress bar and an on-disk cache.
+
+Every consumer (notebooks, the CLI, benchmarks, tests) gets conv maps and pooled vectors from here,
+so a dataset goes through the backbone once per (backbone, weights, image size, split).
+
+Splits
+------
+``"db"``          the database images (``dataset.imlist``), resized to ``image_size`` on the long side;
+``"query"``       the query images cropped by their ``bbx`` first, then resized ("crop I", as
+                  cnnimageretrieval-pytorch does); queries without a box are used whole;
+``"query_full"``  the query images uncropped (for methods that crop activations, "crop X").
+
+When a query is a database image used whole (Holidays, UKBench, ``folder:``), its features are
+taken from the ``"db"`` split instead of being computed twice.
+
+Cache layout (``$INSTRET_CACHE`` or ``<repo>/cache``)::
+
+    features/<dataset.key>/<backbone>-<weights_id>/<split>-<image_size>/
+        meta.json                 image sizes, skipped files
+        <layer>.maps.pt           list of float16 C x h x w tensors (one per image)
+        <layer>.vectors.npz       one N x C float32 array per pooling (l2-normalised)
+
+Every key (dataset identity, backbone, weights, layer, image size, split) is part of the path, so a
+change of any of them is a different entry. Files are written to a temporary name and renamed, so an
+interrupted run never leaves a half-written entry. Delete the folder to clear the cache.
+
+Files that cannot be read (:class:`helpers.images.ImageReadError`) are skipped with a warning naming
+the file and the reason; they keep their index with an all-zero feature (so they are never
+retrieved), the run completes, and a summary warning lists them. :func:`extraction_info` returns
+the same list.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbones import Backbone
+from .images import ImageReadError, displayed_size, load_image, load_query
+from .pooling import POOLINGS, l2n
+
+__all__ = [
+    "SPLITS", "bbx_on_map", "cache_root", "extract_maps", "extract_vectors", "extraction_info",]
+
+SPLITS = ("db", "query", "query_full")
+
+
+class SkippedImageWarning(UserWarning):
+    """An image could not be read and was skipped (its features are all zero)."""
+
+
+def cache_root() -> Path:
+    """``$INSTRET_CACHE`` or ``<repo>/cache``."""
+    env = os.environ.get("INSTRET_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", str(text))
+
+
+def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path:
+    return (cache_root() / "features" / _safe(dataset.key)
+            / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_args(image_size, split):
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 32:
+        raise ValueError(f"image_size must be an int >= 32 (pixels of the long side), got {image_size!r}")
+
+
+def _jobs(dataset, split):
+    """(path, bbx) for every image of the split."""
+    if split == "db":
+        return [(dataset.db_path(i), None) for i in range(dataset.n_db)]
+    boxes = [g.get("bbx") if split == "query" else None for g in dataset.gnd]
+    return [(dataset.query_path(i), boxes[i]) for i in range(dataset.n_queries)]
+
+
+def _db_alias(dataset, split):
+    """Database index of every query that is a database image used whole, or None."""
+    if split == "db":
+        return None
+    index = {p: i for i, p in enumerate(dataset.imlist)}
+    alias = []
+    for i, name in enumerate(dataset.qimlist):
+        bbx = dataset.gnd[i].get("bbx") if split == "query" else None
+        if name not in index or bbx is not None or dataset.query_path(i) != dataset.db_path(index[name]):
+            return None
+        alias.append(index[name])
+    return alias
+
+
+def _load(path, bbx, image_size):
+    if bbx is None:
+        return load_image(path, image_size)
+    return load_query(path, bbx, image_size)
+
+
+def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_layers, desc):
+    """One pass of the backbone over the split; writes the requested cache files."""
+    from tqdm.auto import tqdm
+
+    layers = list(dict.fromkeys([*map_layers, *vector_layers]))
+    jobs = _jobs(dataset, split)
+    maps = {layer: [] for layer in map_layers}
+    vectors = {layer: {name: [] for name in POOLINGS} for layer in vector_layers}
+    image_hw, original_hw, skipped = [], [], []
+    for index, (path, bbx) in enumerate(tqdm(jobs, desc=desc, unit="img", leave=False, mininterval=1.0)):
+        try:
+            img = _load(path, bbx, image_size)
+            orig = displayed_size(path)
+        except (ImageReadError, ValueError, OSError) as exc:
+            reason = getattr(exc, "reason", str(exc))
+            warnings.warn(f"skipping {path}: {reason}", SkippedImageWarning, stacklevel=2)
+            skipped.append({"index": index, "path": str(Path(path).name), "reason": str(reason)})
+            img = None
+            orig = (0, 0)
+        if img is not None:
+            taps = backbone.forward_taps(backbone.preprocess(img), layers)
+            image_hw.append(list(img.shape[:2]))
+        else:
+            taps = {layer: torch.zeros((1, backbone.channels(layer)) + ((1, 1) if layer not in ("fc", "logits") else ()),
+                                       device=backbone.device) for layer in layers}
+            image_hw.append([0, 0])
+        original_hw.append(list(orig))
+        for layer in map_layers:
+            maps[layer].append(taps[layer][0].to("cpu", torch.float16))
+        for layer in vector_layers:
+            x = taps[layer][0].float()
+            for name, fn in POOLINGS.items():
+                if img is None:  # a skipped image is never retrieved
+                    vectors[layer][name].append(np.zeros(x.shape[0], dtype=np.float32))
+                else:
+                    vectors[layer][name].append(l2n(fn(x)).cpu().numpy())
+    if skipped:
+        listing = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped)
+        warnings.warn(f"{len(skipped)} of {len(jobs)} {split} images of {dataset.name} were skipped: "
+                      f"{listing}", SkippedImageWarning, stacklevel=2)
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    meta = {"image_hw": image_hw, "original_hw": original_hw, "skipped": skipped,
+            "dataset": dataset.name, "backbone": backbone.name, "weights_id": backbone.weights_id,
+            "image_size": int(image_size), "split": split}
+    _atomic_write(entry / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    for layer in map_layers:
+        _atomic_write(entry / f"{layer}.maps.pt", lambda tmp, m=maps[layer]: torch.save(m, tmp))
+    for layer in vector_layers:
+        arrays = {name: np.stack(v).astype(np.float32) for name, v in vectors[layer].items()}
+        _atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
+
+
+def _save_npz(tmp, arrays):
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: str = "db"):
+    """Feature maps of ``layers`` for every image of ``split``: ``{layer: [C x h x w float32]}``.
+
+    Vector taps (``"fc"``, ``"logits"``) come back as 1-D tensors. Cached on disk as float16.
+    """
+    _check_args(image_size, split)
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = [backbone.resolve(layer) for layer in layers]
+    alias = _db_alias(dataset, split)
+    if alias is not None:
+        db = extract_maps(dataset, backbone, layers, image_size, "db")
+        return {layer: [db[layer][j] for j in alias] for layer in layers}
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    missing = [layer for layer in layers if not (entry / f"{layer}.maps.pt").is_file()]
+    if missing:
+        _run_extraction(dataset, backbone, image_size, split, missing, [],
+                        desc=f"{dataset.name} {split} {','.join(missing)}")
+    out = {}
+    for layer in layers:
+        stored = torch.load(entry / f"{layer}.maps.pt", map_location="cpu", weights_only=True)
+        out[layer] = [m.float() for m in stored]
+    return out
+
+
+def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, split: str = "db",
+                    poolings=tuple(POOLINGS)):
+    """l2-normalised pooled vectors ``{pooling: N x C float32}`` of one conv layer.
+
+    Computed during the forward pass without keeping the maps (so it scales to Oxford/Paris), or
+    from the cached maps when those already exist. Poolings use their default parameters
+    (GeM p=3, R-MAC L=3); for other parameters pool the maps from :func:`extract_maps` yourself.
+    """
+    _check_args(image_size, split)
+    layer = backbone.resolve(layer)
+    if isinstance(poolings, str):
+        poolings = (poolings,)
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise ValueError(f"unknown pooling(s) {unknown}; choose from {list(POOLINGS)}")
+    if layer in ("fc", "logits"):
+        raise ValueError(f"{layer!r} is already a vector; use extract_maps(..., [{layer!r}])")
+    alias = _db_alias(dataset, split)
+    if alias is not None:
+        db = extract_vectors(dataset, backbone, layer, image_size, "db", poolings)
+        return {name: db[name][alias] for name in poolings}
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    path = entry / f"{layer}.vectors.npz"
+    if not path.is_file():
+        if (entry / f"{layer}.maps.pt").is_file():
+            maps = extract_maps(dataset, backbone, [layer], image_size, split)[layer]
+            arrays = {name: np.stack([l2n(fn(m)).numpy() for m in maps]).astype(np.float32)
+                      for name, fn in POOLINGS.items()}
+            skipped = [s["index"] for s in json.loads((entry / "meta.json").read_text())["skipped"]]
+            for name in arrays:
+                arrays[name][skipped] = 0.0  # a skipped image is never retrieved
+            _atomic_write(path, lambda tmp: _save_npz(tmp, arrays))
+        else:
+            _run_extraction(dataset, backbone, image_size, split, [], [layer],
+                            desc=f"{dataset.name} {split} {layer}")
+    with np.load(path) as data:
+        return {name: data[name] for name in poolings}
+
+
+def extraction_info(dataset, backbone: Backbone, image_size: int, split: str = "db") -> dict:
+    """What the extraction recorded: ``image_hw`` (processed size per image), ``original_hw``
+    (size of the file as displayed), ``skipped`` (list of ``{"path", "reason"}``). Runs the
+    extraction of the last conv map if nothing is cached yet."""
+    _check_args(image_size, split)
+    alias = _db_alias(dataset, split)
+    if alias is not None:
+        db = extraction_info(dataset, backbone, image_size, "db")
+        return {**db, "image_hw": [db["image_hw"][j] for j in alias],
+                "original_hw": [db["original_hw"][j] for j in alias]}
+    meta = _entry_dir(dataset, backbone, image_size, split) / "meta.json"
+    if not meta.is_file():
+        extract_vectors(dataset, backbone, backbone.last_conv, image_size, split)
+    return json.loads(meta.read_text())
+
+
+def bbx_on_map(bbx, image_hw, map_hw) -> tuple[int, int, int, int]:
+    """A box ``[x1, y1, x2, y2]`` in an image of size ``image_hw`` mapped to the cells of a map of size
+    ``map_hw``: ``(c1, r1, c2, r2)`` with ``c2``/``r2`` exclusive, at least one cell, clipped.
+
+    Used to crop a query's activations by its box ("crop X") and to measure region precision.
+    """
+    (H, W), (h, w) = image_hw, map_hw
+    if min(H, W, h, w) <= 0:
+        raise ValueError(f"sizes must be positive, got image {image_hw} and map {map_hw}")
+    x1, y1, x2, y2 = (float(v) for v in bbx)
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"bbx {list(bbx)} is empty or inverted")
+    c1 = int(np.clip(np.floor(x1 * w / W), 0, w - 1))
+    r1 = int(np.clip(np.floor(y1 * h / H), 0, h - 1))
+    c2 = int(np.clip(np.ceil(x2 * w / W), c1 + 1, w))
+    r2 = int(np.clip(np.ceil(y2 * h / H), r1 + 1, h))
+    return c1, r1, c2, r2
+

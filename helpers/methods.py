@@ -1,0 +1,175 @@
+"""Retrieval methods behind one interface, so the CLI, the notebooks and the summary treat them alike.
+
+A method is a :class:`RetrievalMethod` subclass registered under a name with :func:`register_method`.
+It declares the taps it needs (``layers``), may learn something on a *training* dataset (``fit``:
+whitening, a vocabulary, a learned head), describes the images of a split (``describe``) and scores
+queries against the database (``score``). :meth:`RetrievalMethod.search` chains them; methods that
+re-rank override it.
+
+This module registers the pooling baselines ``mac``, ``spoc``, ``gem``, ``rmac`` and ``crow``
+(optionally PCA-whitened); the method modules ``ack``, ``actnet``, ``multilayer``, ``roi`` and
+``clusters`` register theirs when imported (:func:`make_method` imports them on demand).
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from .features import extract_vectors
+from .pooling import POOLINGS
+from .whitening import PCAWhitening
+
+__all__ = [
+    "METHOD_MODULES", "PoolingMethod", "RetrievalMethod", "available_methods", "evaluate_method",
+    "make_method", "register_method",
+]
+
+_REGISTRY: dict[str, type] = {}
+
+#: Where each method is registered (imported lazily by :func:`make_method`).
+METHOD_MODULES = {
+    "mac": "helpers.methods", "spoc": "helpers.methods", "gem": "helpers.methods",
+    "rmac": "helpers.methods", "crow": "helpers.methods",
+    "ack": "helpers.ack", "actnet": "helpers.actnet", "multilayer": "helpers.multilayer",
+    "roi": "helpers.roi", "clusters": "helpers.clusters",
+}
+
+
+def register_method(name: str):
+    """Class decorator registering a :class:`RetrievalMethod` subclass under ``name``."""
+
+    def decorate(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+class RetrievalMethod:
+    """Base class. Subclasses set ``layers`` and implement ``describe`` and ``score``."""
+
+    name = "base"
+    #: taps of the backbone the method reads (``"last_conv"`` is an alias)
+    layers: tuple = ("last_conv",)
+    #: whether :meth:`fit` learns something (then the CLI passes a training dataset)
+    needs_training = False
+
+    def __init__(self, backbone, image_size: int, **options):
+        if options:
+            raise ValueError(f"method {self.name!r} got unknown options {sorted(options)}")
+        self.backbone = backbone
+        self.image_size = int(image_size)
+
+    def fit(self, train_dataset) -> "RetrievalMethod":
+        """Learn what the method needs from ``train_dataset`` (never the evaluated one)."""
+        return self
+
+    def describe(self, dataset, split: str):
+        raise NotImplementedError
+
+    def score(self, query_desc, db_desc) -> np.ndarray:
+        """Similarities, ``n_db x n_queries``, higher is more similar."""
+        raise NotImplementedError
+
+    def search(self, dataset) -> np.ndarray:
+        """Scores of every query of ``dataset`` against its database (``n_db x n_queries``)."""
+        return self.score(self.describe(dataset, "query"), self.describe(dataset, "db"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, backbone={self.backbone.name!r}, image_size={self.image_size})"
+
+
+class PoolingMethod(RetrievalMethod):
+    """Global pooling of the last conv map (MAC, SPoC, GeM, R-MAC, CroW), l2-normalised, optionally
+    PCA-whitened (learned on the training dataset) and l2-normalised again; cosine similarity."""
+
+    pooling = "gem"
+
+    def __init__(self, backbone, image_size, whiten: bool = False, whiten_dim: int | None = None,
+                 whiten_shrinkage: float = 0.0, layer: str = "last_conv"):
+        super().__init__(backbone, image_size)
+        self.whiten = bool(whiten)
+        self.needs_training = self.whiten
+        self.layer = backbone.resolve(layer)
+        self.layers = (self.layer,)
+        self.whitening = PCAWhitening(whiten_dim, whiten_shrinkage) if self.whiten else None
+
+    def vectors(self, dataset, split):
+        return extract_vectors(dataset, self.backbone, self.layer, self.image_size, split,
+                               (self.pooling,))[self.pooling]
+
+    def fit(self, train_dataset):
+        if self.whitening is not None:
+            self.whitening.fit(self.vectors(train_dataset, "db"))
+        return self
+
+    def describe(self, dataset, split):
+        X = self.vectors(dataset, split)
+        if self.whitening is not None:
+            if self.whitening.projection_ is None:
+                raise RuntimeError(f"{self.name} with whiten=True must be fit on a training dataset first")
+            X = self.whitening.transform(X)
+        return X
+
+    def score(self, query_desc, db_desc):
+        return db_desc @ query_desc.T
+
+
+for _pooling in POOLINGS:
+    register_method(_pooling)(type(f"{_pooling.upper()}Method", (PoolingMethod,), {"pooling": _pooling,
+                    "__doc__": f"{_pooling.upper()} pooling baseline (see helpers.pooling.{_pooling})."}))
+
+
+def available_methods() -> list[str]:
+    return sorted(METHOD_MODULES)
+
+
+def make_method(name: str, backbone, image_size: int, **options) -> RetrievalMethod:
+    """Instantiate the method registered as ``name``."""
+    if name not in _REGISTRY:
+        if name not in METHOD_MODULES:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
+        try:
+            importlib.import_module(METHOD_MODULES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name == METHOD_MODULES[name]:
+                raise ValueError(f"method {name!r} is not implemented yet ({METHOD_MODULES[name]} is missing)") from exc
+            raise
+    return _REGISTRY[name](backbone, image_size, **options)
+
+
+def default_image_size(dataset_name: str) -> int:
+    """640 px for the demo sets (their images are at most 640 px), 1024 px for real benchmarks."""
+    return 640 if dataset_name.startswith("demo") else 1024
+
+
+def evaluate_method(dataset_name: str, backbone_name: str = "efficientnet_lite0", method_name: str = "gem",
+                    image_size: int | None = None, train_dataset: str | None = None, **options) -> dict:
+    """Load everything by name, fit on the training dataset if needed, search and evaluate.
+
+    Returns the protocol's results (see :func:`helpers.evaluate.evaluate_scores`) plus ``"method"``,
+    ``"dataset"``, ``"backbone"``, ``"image_size"`` and ``"train_dataset"``.
+    """
+    from .backbones import load_backbone
+    from .data import default_train_dataset, load_dataset
+    from .evaluate import evaluate_scores
+
+    dataset = load_dataset(dataset_name)
+    backbone = load_backbone(backbone_name)
+    image_size = image_size or default_image_size(dataset_name)
+    method = make_method(method_name, backbone, image_size, **options)
+    train_name = None
+    if method.needs_training:
+        train_name = train_dataset or default_train_dataset(dataset_name)
+        if train_name == dataset_name:
+            raise ValueError("the training dataset must differ from the evaluated one")
+        method.fit(load_dataset(train_name))
+    scores = method.search(dataset)
+    results = evaluate_scores(dataset, scores)
+    results.update(method=method_name, dataset=dataset_name, backbone=backbone_name,
+                   image_size=image_size, train_dataset=train_name)
+    return results

@@ -1,0 +1,96 @@
+"""Figures that several notebooks share: saving, boxes on images, heat maps, result strips."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+__all__ = ["heatmap_over_image", "label_colors", "result_strip", "save_figure", "show_boxes",
+           "show_image"]
+
+#: border colours of a result strip
+RESULT_COLORS = {"positive": "#1a9850", "negative": "#d73027", "junk": "#969696", "query": "#4575b4"}
+
+
+def save_figure(fig, name: str, figure_dir, dpi: int = 100) -> Path:
+    """Save ``fig`` as ``<figure_dir>/<name>.png`` (folders created) and return the path."""
+    if not name or os.sep in name or "/" in name:
+        raise ValueError(f"figure name must be a plain file name, got {name!r}")
+    folder = Path(figure_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def show_image(ax, img, title: str | None = None, fontsize: int = 9):
+    """Show an RGB image without axes ticks."""
+    ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+    return ax
+
+
+def show_boxes(ax, img, boxes, colors="yellow", labels=None, linewidth: float = 2.0, title=None):
+    """Draw ``img`` and boxes ``[x1, y1, x2, y2]`` (pixels) on ``ax``."""
+    show_image(ax, img, title)
+    boxes = [] if boxes is None else list(boxes)
+    if isinstance(colors, str):
+        colors = [colors] * len(boxes)
+    for k, (box, color) in enumerate(zip(boxes, colors)):
+        x1, y1, x2, y2 = [float(v) for v in box]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=linewidth))
+        if labels is not None:
+            ax.text(x1 + 2, y1 + 2, str(labels[k]), color="white", fontsize=7, va="top",
+                    bbox=dict(facecolor=color, edgecolor="none", pad=1, alpha=0.8))
+    return ax
+
+
+def heatmap_over_image(ax, img, amap, alpha: float = 0.5, cmap: str = "jet", title=None):
+    """An activation map (any ``h x w``) stretched over the image it came from."""
+    show_image(ax, img, title)
+    H, W = img.shape[:2]
+    amap = np.asarray(amap, dtype=np.float32)
+    ax.imshow(amap, cmap=cmap, alpha=alpha, extent=(0, W, H, 0), interpolation="bilinear")
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    return ax
+
+
+def label_colors(labels, palette: str = "tab20"):
+    """One colour per distinct label, stable for a given label set."""
+    cmap = plt.get_cmap(palette)
+    distinct = sorted(set(labels))
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(distinct)}
+
+
+def _border(ax, color, width=4):
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(width)
+        spine.set_visible(True)
+
+
+def relevance_of(gnd_entry, index: int) -> str:
+    """``"positive"`` (easy or hard), ``"junk"`` or ``"negative"`` for database image ``index``."""
+    if index in gnd_entry.get("easy", []) or index in gnd_entry.get("hard", []):
+        return "positive"
+    if index in gnd_entry.get("junk", []):
+        return "junk"
+    return "negative"
+
+
+def result_strip(axes, query_img, ranked_imgs, relevances, query_title="query", titles=None):
+    """One row: the query (blue border) then the top results with green (right), red (wrong) or grey
+    (junk, ignored by the protocol) borders. ``axes`` has ``1 + len(ranked_imgs)`` axes."""
+    show_image(axes[0], query_img, query_title)
+    _border(axes[0], RESULT_COLORS["query"])
+    for k, (ax, img, rel) in enumerate(zip(axes[1:], ranked_imgs, relevances)):
+        show_image(ax, img, titles[k] if titles else f"#{k + 1}")
+        _border(ax, RESULT_COLORS[rel])
+    return axes

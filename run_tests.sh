@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: sets up the environment if needed, generates the demo dataset if needed,
+# runs the helpers' unit tests and executes every notebook with nbval (lax mode: only cells
+# marked NBVAL_CHECK_OUTPUT are compared with their committed outputs).
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/env.sh"
+python data_scripts/make_demo.py
+python -m pytest tests notebooks --nbval-lax -q "$@"

@@ -1,0 +1,108 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.data import load_dataset
+from helpers.features import (SkippedImageWarning, bbx_on_map, cache_root, extract_maps, extract_vectors,
+                              extraction_info)
+from helpers.pooling import POOLINGS, gem, l2n
+
+
+def test_maps_vectors_and_cache_reuse(photo_folder, backbone, isolated_cache):
+    ds = load_dataset(f"folder:{photo_folder}")
+    maps = extract_maps(ds, backbone, ["block4", "conv_head"], 128, "db")
+    assert len(maps["conv_head"]) == ds.n_db == 12
+    assert maps["conv_head"][0].shape[0] == 1280 and maps["block4"][0].shape[0] == 112
+    # the cache entry exists under every key, and a second call does not run the backbone
+    entries = list(cache_root().rglob("conv_head.maps.pt"))
+    assert len(entries) == 1 and "db-128" in str(entries[0]) and backbone.weights_id in str(entries[0])
+    calls = []
+    handle = backbone.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        again = extract_maps(ds, backbone, ["conv_head"], 128, "db")
+        vecs = extract_vectors(ds, backbone, "conv_head", 128, "db")  # from the cached maps
+    finally:
+        handle.remove()
+    assert not calls
+    torch.testing.assert_close(again["conv_head"][3], maps["conv_head"][3])
+    expected = l2n(gem(maps["conv_head"][3])).numpy()
+    np.testing.assert_allclose(vecs["gem"][3], expected, atol=1e-5)
+    assert set(vecs) == set(POOLINGS)
+    # another image size is another entry, with another map size
+    small = extract_maps(ds, backbone, ["conv_head"], 64, "db")["conv_head"][0]
+    assert small.shape[-1] < maps["conv_head"][0].shape[-1]
+
+
+def test_vectors_without_maps_match_maps(photo_folder, backbone, isolated_cache, tmp_path, monkeypatch):
+    ds = load_dataset(f"folder:{photo_folder}")
+    direct = extract_vectors(ds, backbone, "conv_head", 96, "db")
+    assert not list(cache_root().rglob("*.maps.pt"))  # maps are not kept
+    monkeypatch.setenv("INSTRET_CACHE", str(tmp_path / "other"))
+    via_maps = extract_maps(ds, backbone, ["conv_head"], 96, "db")["conv_head"]
+    for name, fn in POOLINGS.items():
+        ref = np.stack([l2n(fn(m)).numpy() for m in via_maps])
+        np.testing.assert_allclose(direct[name], ref, atol=2e-3, err_msg=name)  # float16 maps
+
+
+def test_queries_of_folder_dataset_reuse_db_features(photo_folder, backbone, isolated_cache):
+    ds = load_dataset(f"folder:{photo_folder}")
+    q = extract_vectors(ds, backbone, "conv_head", 96, "query")
+    db = extract_vectors(ds, backbone, "conv_head", 96, "db")
+    np.testing.assert_array_equal(q["mac"], db["mac"])
+    assert not list(cache_root().rglob("query-96"))
+
+
+def test_bad_images_are_skipped_with_a_summary(photo_folder, backbone, isolated_cache):
+    (photo_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (photo_folder / "coffee" / "notes.jpg").write_text("a text file with an image extension")
+    ds = load_dataset(f"folder:{photo_folder}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vecs = extract_vectors(ds, backbone, "conv_head", 96, "db")
+    messages = [str(w.message) for w in caught if issubclass(w.category, SkippedImageWarning)]
+    assert any("broken.jpg" in m for m in messages) and any("notes.jpg" in m for m in messages)
+    assert any(m.startswith("2 of 14 db images") for m in messages)
+    info = extraction_info(ds, backbone, 96, "db")
+    assert sorted(s["path"] for s in info["skipped"]) == ["broken.jpg", "notes.jpg"]
+    bad = [ds.imlist.index(n) for n in ds.imlist if n.endswith(("broken.jpg", "notes.jpg"))]
+    good = [i for i in range(ds.n_db) if i not in bad]
+    assert np.all(vecs["gem"][bad] == 0)
+    assert np.allclose(np.linalg.norm(vecs["gem"][good], axis=1), 1, atol=1e-4)
+
+
+def test_query_crop_uses_the_box(tmp_path, backbone, isolated_cache):
+    from helpers.data import RetrievalDataset
+    import skimage.data
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(root / "a.png")
+    ds = RetrievalDataset(name="one", root=root, imlist=["a.png"], qimlist=["a.png"],
+                          gnd=[{"easy": [0], "hard": [], "junk": [], "bbx": [100, 50, 356, 306]}],
+                          protocol="revisited")
+    info_q = extraction_info(ds, backbone, 512, "query")
+    info_full = extraction_info(ds, backbone, 512, "query_full")
+    assert info_q["image_hw"] == [[256, 256]] and info_full["image_hw"] == [[512, 512]]
+    assert info_q["original_hw"] == [[512, 512]]
+
+
+def test_bbx_on_map():
+    assert bbx_on_map([0, 0, 640, 480], (480, 640), (15, 20)) == (0, 0, 20, 15)
+    assert bbx_on_map([320, 240, 330, 250], (480, 640), (15, 20)) == (10, 7, 11, 8)
+    assert bbx_on_map([639, 479, 640, 480], (480, 640), (15, 20)) == (19, 14, 20, 15)
+    with pytest.raises(ValueError):
+        bbx_on_map([5, 5, 5, 9], (480, 640), (15, 20))
+
+
+def test_bad_arguments(photo_folder, backbone, isolated_cache):
+    ds = load_dataset(f"folder:{photo_folder}")
+    with pytest.raises(ValueError, match="split"):
+        extract_maps(ds, backbone, ["conv_head"], 96, "train")
+    with pytest.raises(ValueError, match="image_size"):
+        extract_maps(ds, backbone, ["conv_head"], 8, "db")
+    with pytest.raises(ValueError, match="pooling"):
+        extract_vectors(ds, backbone, "conv_head", 96, "db", ("max",))

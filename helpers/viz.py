@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-__all__ = ["heatmap_over_image", "label_colors", "result_strip", "save_figure", "show_boxes",
-           "show_image"]
+__all__ = ["heatmap_over_image", "label_colors", "query_thumbnail", "relevance_of", "result_strip", "save_figure",
+           "show_boxes", "show_image"]
 
 #: border colours of a result strip
 RESULT_COLORS = {"positive": "#1a9850", "negative": "#d73027", "junk": "#969696", "query": "#4575b4"}
@@ -85,10 +85,23 @@ def relevance_of(gnd_entry, index: int) -> str:
     return "negative"
 
 
-def result_strip(axes, query_img, ranked_imgs, relevances, query_title="query", titles=None):
-    """One row: the query (blue border) then the top results with green (right), red (wrong) or grey
-    (junk, ignored by the protocol) borders. ``axes`` has ``1 + len(ranked_imgs)`` axes."""
-    show_image(axes[0], query_img, query_title)
+def query_thumbnail(dataset, q: int, max_side: int = 256):
+    """The whole query image ``q`` resized to ``max_side`` and its box scaled to it (or None)."""
+    from .images import displayed_size, load_image
+
+    img = load_image(dataset.query_path(q), max_side=max_side)
+    bbx = dataset.gnd[q].get("bbx")
+    if bbx is None:
+        return img, None
+    full_h, _ = displayed_size(dataset.query_path(q))
+    return img, [float(v) * img.shape[0] / full_h for v in bbx]
+
+
+def result_strip(axes, query_img, ranked_imgs, relevances, query_title="query", titles=None, query_box=None):
+    """One row: the query (blue border, its box in yellow) then the top results with green (right),
+    red (wrong) or grey (junk, ignored by the protocol) borders. ``axes`` has ``1 + len(ranked_imgs)``
+    axes."""
+    show_boxes(axes[0], query_img, [query_box] if query_box is not None else [], "yellow", title=query_title)
     _border(axes[0], RESULT_COLORS["query"])
     for k, (ax, img, rel) in enumerate(zip(axes[1:], ranked_imgs, relevances)):
         show_image(ax, img, titles[k] if titles else f"#{k + 1}")

@@ -21,5 +21,4 @@ fi
 export PATH="$VENV/bin:$PATH"
 # The project is used from this clone (not installed into the shared environment).
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export MPLBACKEND=Agg
 cd "$REPO"

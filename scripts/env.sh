@@ -15,7 +15,11 @@ if [ ! -f "$VENV/.complete" ]; then
   echo "setting up the environment in $VENV (once; several minutes: torch is large)"
   rm -rf "$VENV"
   "$PYTHON_BIN" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet -r "$REPO/requirements.lock"
+  if ! "$VENV/bin/python" -m pip install --quiet -r "$REPO/requirements.lock" > "$VENV.install.log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$VENV.install.log" | tail -40 >&2
+    echo "error: installing requirements.lock failed (full log: $VENV.install.log)" >&2
+    exit 1
+  fi
   touch "$VENV/.complete"
 fi
 export PATH="$VENV/bin:$PATH"

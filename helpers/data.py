@@ -255,6 +255,9 @@ class RetrievalDataset:
     protocol: str
     instance_labels: list[str] | None = None
     query_labels: list[str] | None = None
+    #: identity of the image *contents* where the loader knows it (the demo's manifest digest, the
+    #: sizes and modification times of a folder's files); part of :attr:`key`
+    content_id: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -299,12 +302,13 @@ class RetrievalDataset:
     def key(self) -> str:
         """Short stable identity for the feature cache: the name plus a hash of what the features depend on.
 
-        The hash covers imlist, qimlist and the query boxes, so that a changed image list or a changed
-        box is a different cache entry; the root directory and the ground-truth labels are left out
+        The hash covers imlist, qimlist, the query boxes and :attr:`content_id`, so that a changed image
+        list, box or (where the loader can tell) regenerated image is a different cache entry; the root directory and the ground-truth labels are left out
         (moving the data or fixing a label does not invalidate features).
         """
         payload = json.dumps({"imlist": self.imlist, "qimlist": self.qimlist,
-                              "bbx": [g["bbx"] for g in self.gnd]}, separators=(",", ":"))
+                              "bbx": [g["bbx"] for g in self.gnd], "content": self.content_id},
+                             separators=(",", ":"))
         digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:12]
         return f"{_safe_name(self.name)}-{digest}"
 
@@ -748,7 +752,7 @@ def _load_demo(name: str, root) -> RetrievalDataset:
         raise DatasetNotFoundError(name, gnd_file, "python data_scripts/make_demo.py",
                                    detail="helpers.demo_dataset.ensure_demo did not write it")
     d = load_gnd_json(gnd_file)
-    return RetrievalDataset(name=name, root=demo_dir / "jpg", **d)
+    return RetrievalDataset(name=name, root=demo_dir / "jpg", content_id=demo_dataset.content_digest(demo_dir), **d)
 
 
 def load_dataset(name: str, root=None) -> RetrievalDataset:
@@ -763,7 +767,10 @@ def load_dataset(name: str, root=None) -> RetrievalDataset:
         folder = Path(name[len(FOLDER_PREFIX):]).expanduser()
         if not str(folder) or name == FOLDER_PREFIX:
             raise ValueError("'folder:' needs a path, e.g. 'folder:/data/my_photos'")
-        return RetrievalDataset(name=name, root=folder, **folder_ground_truth(folder))
+        gt = folder_ground_truth(folder)
+        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (folder / n for n in gt["imlist"])]
+        content = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]
+        return RetrievalDataset(name=name, root=folder, content_id=content, **gt)
     _check_registered(name)
     if name in DEMO_NAMES:
         return _load_demo(name, root)

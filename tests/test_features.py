@@ -106,3 +106,13 @@ def test_bad_arguments(photo_folder, backbone, isolated_cache):
         extract_maps(ds, backbone, ["conv_head"], 8, "db")
     with pytest.raises(ValueError, match="pooling"):
         extract_vectors(ds, backbone, "conv_head", 96, "db", ("max",))
+
+
+def test_replacing_an_image_changes_the_cache_key(photo_folder):
+    import os
+
+    before = load_dataset(f"folder:{photo_folder}").key
+    target = photo_folder / "cat" / "cat_0.jpg"
+    Image.new("RGB", (64, 48), "red").save(target)
+    os.utime(target, ns=(1, 1))
+    assert load_dataset(f"folder:{photo_folder}").key != before

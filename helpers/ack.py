@@ -1,0 +1,596 @@
+"""ACK: aggregating convolution kernels, and the dosd distance between kernel-index sequences.
+
+Wang, Lai, Claesen, Yang, Lei, Liu, "A novel feature representation: Aggregating convolution
+kernels for image retrieval", Neural Networks 130 (2020) (paper 000 in ``shared/papers``).
+
+The pieces, in the order of the paper:
+
+* **Brightening** (Sec. 3, Algorithm 1 step 3): every kernel (channel) ``c`` of a conv layer gets a
+  brightness, the global pooling of its activation map (MAC, SPoC, R-MAC, CroW or GeM from
+  :mod:`helpers.pooling`): :func:`kernel_brightness`.
+* **The ACK code** (Algorithm 1 step 4): the indices of the ``n`` brightest kernels, brightest
+  first, stored as unsigned 16-bit integers: :func:`ack_codes`.
+* **dosd** (Sec. 4, Algorithm 2): a position-sensitive similarity of two codes built from the
+  matrices ``K`` (:func:`position_matrix_K`), ``W`` (:func:`rank_weights_W`) and the
+  pseudo-Gaussian ``G`` (:func:`pseudo_gaussian_G`). :func:`dosd_reference` is Algorithm 2 as
+  printed (two loops), :func:`dosd_closed_form` its simplified step 18, :func:`jaccard_similarity`
+  the order-blind baseline of Fig. 5.
+* **Search** (not in the paper, which says its "ordered-set operations were not accelerated",
+  Sec. 5.4.2): :class:`ACKIndex` scores a batch of query codes against a whole database with one
+  table lookup per (database image, position) and no Python loop over the database; exactly equal
+  to :func:`dosd_reference` (integer arithmetic, one division at the end).
+* :class:`ACKMethod`, registered as ``"ack"`` for ``python -m helpers evaluate --method ack``.
+
+Reading of Algorithm 2 (the converted text is consistent once written out):
+
+* ``k_ij = 1 - |i-j|/n``, ``w_i = 1 - i/n``, ``g_ij = k_ij w_i`` for positions ``i, j = 0..n-1``
+  (``i`` indexes code ``A``, ``j`` code ``B``).
+* When ``a_i == b_j`` the contribution is ``s = (n - |i-j|) g_ij = n k_ij^2 w_i``; the sum is
+  divided by ``Sum_max = n(n+1)/2``, the sum for ``A == B`` (``s = n w_i = n - i`` on the
+  diagonal). Hence step 18: ``dosd(A, B) = sum_{i: a_i = b_j} 2 w_i k_ij^2 / (n+1)`` in [0, 1].
+* dosd is **not symmetric**: ``w_i`` weights the positions of ``A``. We always put the query in
+  ``A`` and the database image in ``B`` ("the front elements of the index sequence should have
+  higher weight" is read from the query's point of view).
+* Codes are sequences of distinct kernel indices (a top-n of a ranking); every function here
+  rejects codes with repeated entries, for which the double loop and step 18 would differ.
+* ``n`` in Algorithm 1 step 1 is the number of channels, in Algorithm 2 the code length; we call
+  the number of channels ``n_kernels`` (the paper's ``c``) and the code length ``n``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .methods import RetrievalMethod, register_method
+from .pooling import POOLINGS
+
+__all__ = [
+    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "ack_codes", "ack_scores", "check_codes",
+    "contribution_table", "dosd_closed_form", "dosd_reference", "dosd_scores", "histogram_similarity",
+    "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors",
+    "pca_scores", "position_matrix_K", "pseudo_gaussian_G", "random_codes", "rank_weights_W",
+    "response_box", "search_timings",
+]
+
+#: dtype of stored codes: kernel indices of layers with up to 65,536 channels
+CODE_DTYPE = np.uint16
+#: database codes per block of the multi-threaded one-query search (torch's parallel grain size:
+#: calls on at most this many elements run on one thread)
+_BLOCK = 32768
+
+
+# ---------------------------------------------------------------------------------- Algorithm 1
+def kernel_brightness(fmap: torch.Tensor, pooling: str = "gem", **options) -> torch.Tensor:
+    """Brightness of every kernel of a conv map (Algorithm 1 step 3): the global pooling
+    ``pooling`` (``"mac"``, ``"spoc"``, ``"gem"``, ``"rmac"``, ``"crow"``) of each channel.
+
+    ``fmap`` is ``[..., C, H, W]``; returns ``[..., C]``. Only the order of the values matters for
+    the code, so no normalisation is applied.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown brightening pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return POOLINGS[pooling](fmap, **options)
+
+
+def ack_codes(brightness, n: int) -> np.ndarray:
+    """ACK codes (Algorithm 1 step 4): indices of the ``n`` brightest kernels, brightest first.
+
+    ``brightness`` is ``C`` values (one image) or ``N x C`` (one row per image), numpy or torch.
+    Returns ``n`` (or ``N x n``) :data:`CODE_DTYPE` indices. Ties are broken by the lower kernel
+    index (stable sort), so codes are deterministic.
+    """
+    b = brightness.detach().cpu().numpy() if isinstance(brightness, torch.Tensor) else np.asarray(brightness)
+    if b.ndim not in (1, 2) or b.shape[-1] == 0:
+        raise ValueError(f"brightness must be C or N x C values, got shape {b.shape}")
+    if not np.issubdtype(b.dtype, np.number) or not np.all(np.isfinite(b)):
+        raise ValueError("brightness must be finite numbers")
+    n_kernels = b.shape[-1]
+    if n_kernels > np.iinfo(CODE_DTYPE).max + 1:
+        raise ValueError(f"{n_kernels} kernels do not fit {np.dtype(CODE_DTYPE).name} codes")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= n_kernels:
+        raise ValueError(f"n must be an integer in 1..{n_kernels} (the layer's kernels), got {n!r}")
+    order = np.argsort(-b.astype(np.float64), axis=-1, kind="stable")
+    return np.ascontiguousarray(order[..., :n]).astype(CODE_DTYPE)
+
+
+def kernel_frequencies(codes, n_kernels: int) -> np.ndarray:
+    """How many of the codes contain each kernel index (Fig. 3): ``n_kernels`` counts."""
+    codes = check_codes(codes, n_kernels, "codes")
+    return np.bincount(codes.ravel().astype(np.int64), minlength=n_kernels)
+
+
+# ---------------------------------------------------------------------------------- validation
+def check_codes(codes, n_kernels: int | None = None, name: str = "codes") -> np.ndarray:
+    """Validate codes and return them as a 2-D ``N x n`` :data:`CODE_DTYPE` array.
+
+    A code must hold distinct, non-negative integer kernel indices below ``n_kernels`` (when
+    given). A single code (1-D) becomes one row.
+    """
+    arr = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be one code (n,) or N codes (N, n) with n >= 1, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer kernel indices, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(CODE_DTYPE).max):
+        raise ValueError(f"{name} must hold kernel indices in 0..{np.iinfo(CODE_DTYPE).max}")
+    if n_kernels is not None and arr.size and arr.max() >= n_kernels:
+        raise ValueError(f"{name} hold kernel index {int(arr.max())} >= n_kernels={n_kernels}")
+    arr = np.ascontiguousarray(arr, dtype=CODE_DTYPE)
+    if arr.shape[1] > 1:
+        s = np.sort(arr, axis=1)
+        bad = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if bad.size:
+            raise ValueError(f"{name} row {int(bad[0])} repeats a kernel index; ACK codes are distinct indices")
+    return arr
+
+
+def _check_pair(a, b):
+    a = check_codes(a, name="A")
+    b = check_codes(b, name="B")
+    if a.shape[0] != 1 or b.shape[0] != 1:
+        raise ValueError("dosd_reference / dosd_closed_form / jaccard_similarity compare two single codes")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"codes must have the same length n, got {a.shape[1]} and {b.shape[1]}")
+    return a[0].astype(np.int64), b[0].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- Algorithm 2
+def _check_n(n):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def position_matrix_K(n: int) -> np.ndarray:
+    """Algorithm 2 step 3: the symmetric ``n x n`` matrix ``k_ij = 1 - |i-j|/n``."""
+    n = _check_n(n)
+    i = np.arange(n)
+    return 1.0 - np.abs(i[:, None] - i[None, :]) / n
+
+
+def rank_weights_W(n: int) -> np.ndarray:
+    """Algorithm 2 step 3: the weight sequence ``w_i = 1 - i/n = (n-i)/n``."""
+    n = _check_n(n)
+    return 1.0 - np.arange(n) / n
+
+
+def pseudo_gaussian_G(n: int) -> np.ndarray:
+    """Algorithm 2 step 4 (Fig. 4): ``g_ij = k_ij w_i = (1 - |i-j|/n)(n-i)/n``, row ``i`` of code A."""
+    return position_matrix_K(n) * rank_weights_W(n)[:, None]
+
+
+def dosd_reference(a, b, n_kernels: int | None = None) -> float:
+    """dosd(A, B), Algorithm 2 as printed: build K, W, G; for every pair of positions ``(i, j)``
+    with ``a_i == b_j`` add ``s = (n - |i-j|) G(i, j)`` (steps 6-16); divide by
+    ``Sum_max = n(n+1)/2`` (steps 17-18). ``A`` is the query. O(n^2) Python loops: a reference,
+    not a search.
+    """
+    a, b = _check_pair(a, b)
+    if n_kernels is not None:
+        check_codes(a, n_kernels, "A")
+        check_codes(b, n_kernels, "B")
+    n = len(a)
+    G = pseudo_gaussian_G(n)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if a[i] == b[j]:
+                s = (n - abs(i - j)) * G[i, j]
+            else:
+                s = 0.0
+            total = total + s
+    sum_max = n * (n + 1) / 2
+    return total / sum_max
+
+
+def dosd_closed_form(a, b) -> float:
+    """dosd(A, B) by the simplified formula of Algorithm 2 step 18:
+    ``sum_{i: exists j, a_i = b_j} 2 w_i k_ij^2 / (n + 1)``.
+    """
+    a, b = _check_pair(a, b)
+    n = len(a)
+    pos_in_b = {int(k): j for j, k in enumerate(b)}
+    w = rank_weights_W(n)
+    total = 0.0
+    for i, k in enumerate(a):
+        j = pos_in_b.get(int(k))
+        if j is not None:
+            total += 2.0 * w[i] * (1.0 - abs(i - j) / n) ** 2
+    return total / (n + 1)
+
+
+def jaccard_similarity(a, b) -> float:
+    """Jaccard similarity ``|A ∩ B| / |A ∪ B|`` of the two codes as sets (positions ignored)."""
+    a, b = _check_pair(a, b)
+    inter = len(set(a.tolist()) & set(b.tolist()))
+    return inter / (len(a) + len(b) - inter)
+
+
+def contribution_table(n: int) -> np.ndarray:
+    """Integer contributions ``S[i, j] = n^2 (n - |i-j|) G(i, j) = (n - |i-j|)^2 (n - i)``
+    (int64, ``n x n``) and, by Algorithm 2, ``dosd = sum S / (n^2 Sum_max) = 2 sum S / (n^3 (n+1))``.
+
+    Sums of these integers are exact, so the vectorised search equals the reference.
+    """
+    n = _check_n(n)
+    i = np.arange(n, dtype=np.int64)
+    return (n - np.abs(i[:, None] - i[None, :])) ** 2 * (n - i)[:, None]
+
+
+# ---------------------------------------------------------------------------------- search
+class ACKIndex:
+    """A database of ACK codes laid out for fast scoring.
+
+    The codes are stored **position-major**: ``codes_by_position[j, d]`` is the kernel at position
+    ``j`` of database code ``d`` (``n x N`` :data:`CODE_DTYPE`, exactly the memory of the codes:
+    ``2 n`` bytes per image). For a query ``q`` we build a table ``T[j, k]`` = the integer
+    contribution :func:`contribution_table` ``S[i, j]`` if kernel ``k`` sits at position ``i`` of
+    ``q``, else 0 (``n x n_kernels``). Then
+
+        ``dosd(q, d) = 2 / (n^3 (n+1)) * sum_j T[j, codes_by_position[j, d]]``
+
+    i.e. one table lookup per (position, database image): ``n`` vectorised gathers over the whole
+    database, no Python loop over it. Sums are integers (uint32 while ``n^3 (n+1)/2 < 2^32``,
+    i.e. ``n <= 303``, else uint64), hence exactly :func:`dosd_reference`.
+    """
+
+    def __init__(self, db_codes, n_kernels: int):
+        if isinstance(n_kernels, bool) or not isinstance(n_kernels, (int, np.integer)) or n_kernels < 1:
+            raise ValueError(f"n_kernels must be a positive integer, got {n_kernels!r}")
+        if n_kernels > np.iinfo(CODE_DTYPE).max + 1:
+            raise ValueError(f"n_kernels={n_kernels} does not fit {np.dtype(CODE_DTYPE).name} codes")
+        codes = check_codes(db_codes, n_kernels, "db_codes")
+        self.n_kernels = int(n_kernels)
+        self.n = codes.shape[1]
+        self.size = codes.shape[0]
+        self.codes_by_position = np.ascontiguousarray(codes.T)
+        self._contrib = contribution_table(self.n)
+        self._acc_dtype = np.uint32 if self.n ** 3 * (self.n + 1) // 2 < 2 ** 32 else np.uint64
+        # torch's index_select is ~1.7x faster than np.take here; it needs int32 indices, which we
+        # make from an int16 view of the uint16 codes (valid while every index is < 32768).
+        self._torch_codes = (torch.from_numpy(self.codes_by_position.view(np.int16))
+                             if self.n_kernels <= 2 ** 15 else None)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored codes in bytes (``2 n`` per database image)."""
+        return self.codes_by_position.nbytes
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The database codes, ``N x n``."""
+        return self.codes_by_position.T
+
+    def _queries(self, query_codes):
+        q = check_codes(query_codes, self.n_kernels, "query_codes")
+        if q.shape[1] != self.n:
+            raise ValueError(f"query codes have length {q.shape[1]} but the database codes {self.n}")
+        return q
+
+    def _rank_maps(self, q: np.ndarray) -> np.ndarray:
+        """``R[k, m]`` = position of kernel ``k`` in query ``m``, or ``n`` when absent."""
+        R = np.full((self.n_kernels, q.shape[0]), self.n, dtype=np.intp)
+        R[q.astype(np.intp), np.arange(q.shape[0])[:, None]] = np.arange(self.n)[None, :]
+        return R
+
+    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int) -> np.ndarray:
+        """``sum_j S_ext[rank_q(d_j), j]`` for every (database code d, query q), ``N x Q``, where
+        ``rank_q(k)`` is the position of kernel ``k`` in ``q`` or ``n`` (row ``n`` of ``S_ext``
+        is zero: a kernel absent from the query contributes nothing)."""
+        q = self._queries(query_codes)
+        if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
+            raise ValueError(f"query_chunk must be a positive integer, got {query_chunk!r}")
+        out = np.empty((self.size, q.shape[0]), dtype=self._acc_dtype)
+        for start in range(0, q.shape[0], query_chunk):
+            chunk = q[start:start + query_chunk]
+            R = self._rank_maps(chunk)
+            if chunk.shape[0] == 1:
+                out[:, start] = self._sums_one(np.ascontiguousarray(S_ext[R[:, 0]].T))
+            else:
+                out[:, start:start + chunk.shape[0]] = self._sums_many(S_ext, R)
+        return out
+
+    def dosd_sums(self, query_codes, query_chunk: int = 32) -> np.ndarray:
+        """Integer sums ``n^2 Sum`` of Algorithm 2 for every (database image, query): ``N x Q``."""
+        S_ext = np.vstack([self._contrib, np.zeros((1, self.n), np.int64)]).astype(np.uint32)
+        return self._lookup_sums(query_codes, S_ext, query_chunk)
+
+    def intersections(self, query_codes, query_chunk: int = 32) -> np.ndarray:
+        """``|q ∩ d|`` for every (database image, query): ``N x Q`` integers."""
+        S_ext = np.vstack([np.ones((self.n, self.n), np.uint32), np.zeros((1, self.n), np.uint32)])
+        return self._lookup_sums(query_codes, S_ext, query_chunk)
+
+    def _sums_one(self, table: np.ndarray) -> np.ndarray:
+        """One query: ``table`` is ``n x n_kernels`` uint32; n gathers of N values each.
+
+        With one torch thread the whole database is one block. With several, it is cut into blocks
+        of at most :data:`_BLOCK` codes, small enough that every torch call runs on one thread (an
+        OpenMP barrier in each of the 3n calls is very slow on a busy machine: 15x measured on 2
+        shared cores), and the blocks are shared among ``torch.get_num_threads()`` Python threads
+        (numpy and torch release the GIL).
+        """
+        acc = np.zeros(self.size, dtype=self._acc_dtype)
+        block = self.size if torch.get_num_threads() == 1 else _BLOCK
+        blocks = [(s, min(s + block, self.size)) for s in range(0, self.size, max(block, 1))]
+        t_table = torch.from_numpy(table.view(np.int32))  # values < 2^24: same bits
+
+        def run(block):
+            start, stop = block
+            out = acc[start:stop]
+            if self._torch_codes is not None:
+                idx = torch.empty(stop - start, dtype=torch.int32)
+                got = torch.empty(stop - start, dtype=torch.int32)
+                got_np = got.numpy().view(np.uint32)
+                for j in range(self.n):
+                    idx.copy_(self._torch_codes[j, start:stop])
+                    torch.index_select(t_table[j], 0, idx, out=got)
+                    np.add(out, got_np, out=out, casting="unsafe")
+            else:
+                got_np = np.empty(stop - start, dtype=np.uint32)
+                for j in range(self.n):
+                    np.take(table[j], self.codes_by_position[j, start:stop], out=got_np)
+                    np.add(out, got_np, out=out, casting="unsafe")
+
+        workers = max(1, min(torch.get_num_threads(), len(blocks)))
+        if workers == 1:
+            for block in blocks:
+                run(block)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(run, blocks))
+        return acc
+
+    def _sums_many(self, S_ext: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """Several queries: per position ``j`` gather rows of the ``n_kernels x Q`` table."""
+        acc = np.zeros((self.size, R.shape[1]), dtype=self._acc_dtype)
+        got = np.empty((self.size, R.shape[1]), dtype=np.uint32)
+        for j in range(self.n):
+            table_j = S_ext[:, j][R]  # n_kernels x Q
+            np.take(table_j, self.codes_by_position[j], axis=0, out=got)
+            np.add(acc, got, out=acc, casting="unsafe")
+        return acc
+
+    def dosd(self, query_codes, query_chunk: int = 32) -> np.ndarray:
+        """dosd(query, database image) for every pair: ``N x Q`` float64 in [0, 1]."""
+        sums = self.dosd_sums(query_codes, query_chunk)
+        n = self.n
+        return sums.astype(np.float64) / (n * n * (n * (n + 1) / 2))
+
+    def jaccard(self, query_codes, query_chunk: int = 32) -> np.ndarray:
+        """Jaccard similarity ``|q ∩ d| / |q ∪ d|`` of every (database image, query): ``N x Q``
+        float64 (the same lookups as :meth:`dosd` with a table of ones)."""
+        inter = self.intersections(query_codes, query_chunk).astype(np.float64)
+        return inter / (2 * self.n - inter)
+
+
+def _infer_kernels(*codes) -> int:
+    return int(max(int(np.asarray(c).max()) for c in codes)) + 1
+
+
+def dosd_scores(query_codes, db_codes, n_kernels: int | None = None) -> np.ndarray:
+    """dosd of every query code against every database code, ``N_db x N_q`` (see :class:`ACKIndex`).
+
+    ``n_kernels`` defaults to the largest index present + 1 (it only sizes the lookup tables).
+    """
+    n_kernels = n_kernels if n_kernels is not None else _infer_kernels(query_codes, db_codes)
+    return ACKIndex(db_codes, n_kernels).dosd(query_codes)
+
+
+def jaccard_scores(query_codes, db_codes, n_kernels: int | None = None) -> np.ndarray:
+    """Jaccard similarity of every query code against every database code, ``N_db x N_q``."""
+    n_kernels = n_kernels if n_kernels is not None else _infer_kernels(query_codes, db_codes)
+    return ACKIndex(db_codes, n_kernels).jaccard(query_codes)
+
+
+def ack_scores(query_codes, db_codes, n_kernels: int, metric: str = "dosd") -> np.ndarray:
+    """Scores ``N_db x N_q`` of ACK codes by ``metric`` (``"dosd"`` or ``"jaccard"``)."""
+    if metric not in ("dosd", "jaccard"):
+        raise ValueError(f"unknown metric {metric!r}; choose 'dosd' or 'jaccard'")
+    index = ACKIndex(db_codes, n_kernels)
+    return index.dosd(query_codes) if metric == "dosd" else index.jaccard(query_codes)
+
+
+# ---------------------------------------------------------------------------------- analysis
+def response_box(amap, image_hw, rel_threshold: float = 0.5) -> list[float]:
+    """Box ``[x1, y1, x2, y2]`` (image pixels) around a kernel's strongest response (Fig. 1): the
+    connected region of map cells holding the maximum where the activation is at least
+    ``rel_threshold`` times the maximum, scaled from the ``h x w`` map to the ``H x W`` image."""
+    from skimage.measure import label
+
+    a = amap.detach().cpu().numpy() if isinstance(amap, torch.Tensor) else np.asarray(amap, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"amap must be a 2-D activation map, got shape {a.shape}")
+    if not 0.0 < rel_threshold <= 1.0:
+        raise ValueError(f"rel_threshold must be in (0, 1], got {rel_threshold}")
+    H, W = image_hw
+    peak = np.unravel_index(int(np.argmax(a)), a.shape)
+    top = a[peak]
+    mask = a >= rel_threshold * top if top > 0 else a >= top
+    regions = label(mask, connectivity=2)
+    ys, xs = np.nonzero(regions == regions[peak])
+    h, w = a.shape
+    return [xs.min() * W / w, ys.min() * H / h, (xs.max() + 1) * W / w, (ys.max() + 1) * H / h]
+
+
+def histogram_similarity(counts_a, counts_b) -> float:
+    """Cosine similarity of two kernel-frequency histograms (Fig. 3): 1 = same kernels, equally often."""
+    a = np.asarray(counts_a, dtype=np.float64)
+    b = np.asarray(counts_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"histograms must be 1-D of the same length, got {a.shape} and {b.shape}")
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def pca_scores(train_vectors, query_vectors, db_vectors, dim: int) -> np.ndarray:
+    """The float baseline of Table 2: vectors projected on the first ``dim`` principal components
+    learned on ``train_vectors`` (plain PCA, no whitening, Sec. 5.3), l2-normalised, cosine
+    similarity ``N_db x N_q``."""
+    from sklearn.decomposition import PCA
+
+    train = np.asarray(train_vectors, dtype=np.float64)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if dim > min(train.shape[0] - 1, train.shape[1]):
+        raise ValueError(f"PCA to {dim} dimensions needs more than {dim} training vectors of at least "
+                         f"{dim} dimensions, got {train.shape}")
+    pca = PCA(n_components=dim, svd_solver="full").fit(train)
+
+    def project(X):
+        Y = pca.transform(np.asarray(X, dtype=np.float64))
+        return Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
+
+    return project(db_vectors) @ project(query_vectors).T
+
+
+def layer_vectors(dataset, backbone, layers, image_size: int, split: str, pooling: str = "gem") -> dict:
+    """Pooled vectors ``{layer: N x C}`` of several conv layers, as :func:`helpers.features.extract_vectors`
+    returns them, but with ONE backbone pass for all layers not cached yet.
+
+    ``extract_vectors`` takes one layer per call and so runs the backbone once per missing layer;
+    until the core offers a multi-layer call this uses the cache's own writer
+    (``helpers.features._run_extraction``), falling back to one call per layer if it is absent.
+    """
+    from . import features
+
+    layers = [backbone.resolve(layer) for layer in layers]
+    try:
+        alias = features._db_alias(dataset, split)
+        if alias is not None:  # queries are database images: read them from the db split
+            db = layer_vectors(dataset, backbone, layers, image_size, "db", pooling)
+            return {layer: db[layer][alias] for layer in layers}
+        entry = features._entry_dir(dataset, backbone, image_size, split)
+        missing = [layer for layer in layers
+                   if not (entry / f"{layer}.vectors.npz").is_file() and not (entry / f"{layer}.maps.pt").is_file()]
+        if missing:
+            features._run_extraction(dataset, backbone, image_size, split, [], missing,
+                                     desc=f"{dataset.name} {split} {len(missing)} layers")
+    except AttributeError:  # the private API changed: one pass per layer
+        pass
+    return {layer: features.extract_vectors(dataset, backbone, layer, image_size, split, (pooling,))[pooling]
+            for layer in layers}
+
+
+def random_codes(n_codes: int, n: int, n_kernels: int, seed: int = 0, chunk: int = 8192) -> np.ndarray:
+    """``n_codes`` random ACK-like codes (distinct kernel indices in random order), ``N x n`` uint16."""
+    if not 1 <= n <= n_kernels:
+        raise ValueError(f"need 1 <= n <= n_kernels, got n={n}, n_kernels={n_kernels}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_codes, n), dtype=CODE_DTYPE)
+    base = np.arange(n_kernels, dtype=CODE_DTYPE)
+    for start in range(0, n_codes, chunk):
+        rows = min(chunk, n_codes - start)
+        out[start:start + rows] = rng.permuted(np.tile(base, (rows, 1)), axis=1)[:, :n]
+    return out
+
+
+def search_timings(n_db: int = 100_000, n: int = 256, n_kernels: int = 1280, float_dim: int = 512,
+                   reference_pairs: int = 50, repeats: int = 5, seed: int = 0) -> dict:
+    """Time one query against ``n_db`` random codes (Table 1 and ``benchmarks/ack_search.py``).
+
+    Returns milliseconds per query (best of ``repeats``) for the vectorised dosd search
+    (:class:`ACKIndex`, table building included), the Jaccard search, a float32 matrix-vector
+    product over ``n_db x float_dim`` vectors, and Algorithm 2 (:func:`dosd_reference`) timed on
+    ``reference_pairs`` database codes and scaled to ``n_db``; plus the memory of the codes and of
+    the float vectors in bytes. The vectorised scores are checked against Algorithm 2 on those pairs.
+    """
+    import time
+
+    codes = random_codes(n_db + 1, n, n_kernels, seed)
+    query, db = codes[0], codes[1:]
+    index = ACKIndex(db, n_kernels)
+    rng = np.random.default_rng(seed + 1)
+    vectors = rng.standard_normal((n_db, float_dim), dtype=np.float32)
+    qvec = rng.standard_normal(float_dim, dtype=np.float32)
+
+    def best(fn, r=repeats):
+        fn()
+        times = []
+        for _ in range(r):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * min(times)
+
+    t_float = best(lambda: vectors @ qvec)
+    t_dosd = best(lambda: index.dosd(query))
+    t_float = min(t_float, best(lambda: vectors @ qvec))  # interleaved: both see the same load
+    t_jacc = best(lambda: index.jaccard(query))
+    pairs = np.linspace(0, n_db - 1, reference_pairs).astype(int)
+    t0 = time.perf_counter()
+    reference = [dosd_reference(query, db[d]) for d in pairs]
+    t_ref_per_image = 1e3 * (time.perf_counter() - t0) / len(pairs)
+    max_diff = float(np.max(np.abs(index.dosd(query)[pairs, 0] - reference)))
+    return {"n_db": n_db, "n": n, "n_kernels": n_kernels, "float_dim": float_dim,
+            "ack_dosd_ms": t_dosd, "ack_jaccard_ms": t_jacc, "float_matmul_ms": t_float,
+            "algorithm2_ms_per_image": t_ref_per_image, "algorithm2_ms": t_ref_per_image * n_db,
+            "codes_bytes": index.nbytes, "float_bytes": vectors.nbytes, "max_abs_diff_vs_algorithm2": max_diff}
+
+
+# ---------------------------------------------------------------------------------- method
+#: default code length for the efficientnet_lite0 ``conv_head`` (1280 kernels); see ACKMethod
+DEFAULT_N = 256
+
+
+@register_method("ack")
+class ACKMethod(RetrievalMethod):
+    """ACK codes of one conv layer compared with dosd (or Jaccard).
+
+    Options:
+
+    * ``brightening``: the pooling that measures each kernel's brightness, default ``"gem"`` — the
+      best in the paper's Table 3, and the best of the five on the demo set too (Table 3 of
+      ``notebooks/02_ack_kernels``).
+    * ``n``: the code length, default :data:`DEFAULT_N` = 256 (or the layer's channels if fewer).
+      For efficientnet_lite0's ``conv_head`` (1280 kernels) the demo mAP with dosd rises steeply
+      up to n=256 and slowly after it (a few points up to n=1280, Fig. 5 of the notebook) at 2-5x
+      the memory and search time; 256 is also the paper's best length (Table 1) and 512 bytes per
+      image, a quarter of a 512-d float32 vector.
+    * ``layer``: the conv tap whose kernels are ranked (default the last conv map).
+    * ``metric``: ``"dosd"`` (Algorithm 2, default) or ``"jaccard"``.
+
+    No whitening, no training (Sec. 5.3).
+    """
+
+    def __init__(self, backbone, image_size, brightening: str = "gem", n: int | None = None,
+                 layer: str = "last_conv", metric: str = "dosd"):
+        super().__init__(backbone, image_size)
+        if brightening not in POOLINGS:
+            raise ValueError(f"unknown brightening {brightening!r}; choose one of {', '.join(POOLINGS)}")
+        if metric not in ("dosd", "jaccard"):
+            raise ValueError(f"unknown metric {metric!r}; choose 'dosd' or 'jaccard'")
+        self.layer = backbone.resolve(layer)
+        if self.layer in ("fc", "logits"):
+            raise ValueError(f"ACK ranks the kernels of a conv layer; {self.layer!r} is not one "
+                             f"(choose one of {backbone.layers})")
+        self.layers = (self.layer,)
+        self.n_kernels = backbone.channels(self.layer)
+        if n is None:
+            n = min(DEFAULT_N, self.n_kernels)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if n > self.n_kernels:
+            raise ValueError(f"n={n} exceeds the {self.n_kernels} kernels of layer {self.layer!r}")
+        self.n = int(n)
+        self.brightening = brightening
+        self.metric = metric
+
+    def brightness(self, dataset, split) -> np.ndarray:
+        """Brightness of every kernel, ``N x C`` (the cached l2-normalised pooled vectors: the
+        normalisation does not change the ranking)."""
+        from .features import extract_vectors
+
+        return extract_vectors(dataset, self.backbone, self.layer, self.image_size, split,
+                               (self.brightening,))[self.brightening]
+
+    def describe(self, dataset, split):
+        """ACK codes of the split, ``N x n`` uint16."""
+        return ack_codes(self.brightness(dataset, split), self.n)
+
+    def score(self, query_desc, db_desc):
+        return ack_scores(query_desc, db_desc, self.n_kernels, self.metric)

@@ -1,0 +1,1124 @@
+"""ACTNET: learnable feature activations and multi-stream aggregation.
+
+Husain, Ong, Bober, "ACTNET: end-to-end learning of feature activations and multi-stream
+aggregation for effective instance image retrieval" (paper 001 in ``shared/papers``).
+
+The pieces, in the order of the paper:
+
+* element-wise parametric activations theta_phi (eq. 1): Sine-Hyperbolic (eq. 2), Exponential
+  (eq. 6) and modified Weibull (eq. 10), as ``torch.nn.Module`` s with learnable parameters, plus
+  their closed-form partial derivatives (eqs. 3-5, 7-9, 12-17) and the Weibull peak (eq. 11);
+* the aggregation stream Phi(X) = psi(P(phi(X))) (eqs. 18-21): activation, global average
+  pooling, learnable power normalisation psi(z) = lambda * z**p;
+* the multi-stream head: one stream per tapped layer, concatenated (b = [Phi_1, ..., Phi_K]),
+  a PCA-whitening layer implemented as a linear layer initialised from PCA, l2-normalisation;
+* training with the triplet loss of eq. 23 and hard negatives mined with the current model,
+  refreshed every epoch (Sec. 4.1);
+* the class-separability analysis of Sec. 3.2 / Fig. 3 (KL divergence between the histograms of
+  matching and non-matching descriptor distances).
+
+Corrections to the converted paper text (checked by derivation and by autograd in
+``tests/test_actnet.py``):
+
+* eq. 9 is labelled d theta / d x^2 in the text; it is the derivative with respect to beta:
+  d/d beta [alpha (exp(beta x) - 1)] = alpha x exp(beta x).
+* eq. 17 reads (x/alpha)^(beta-1) (-x/gamma)^zeta log(x/zeta) exp(-(x/gamma)^zeta); the correct
+  derivative is  d theta / d zeta = -(x/alpha)^(beta-1) (x/gamma)^zeta log(x/gamma) exp(-(x/gamma)^zeta)
+  (the minus sign belongs outside the power, and the logarithm is of x/gamma, not x/zeta).
+* eqs. 12-13 are one formula split over two labels:
+  d theta / d x = ((beta-1)/alpha) (x/alpha)^(beta-2) E - (zeta/gamma^zeta) (x/alpha)^(beta-1) x^(zeta-1) E,
+  with E = exp(-(x/gamma)^zeta). Eqs. 3-5, 7-8, 11, 14-16 are correct as printed.
+
+Constraints (our choices; the paper does not state them). The activations receive conv outputs,
+which the paper assumes non-negative. Taps behind a linear bottleneck (e.g. EfficientNet's /
+MobileNetV2's last block) are signed, so each stream first rectifies its input (max(x, 0)) and
+divides it by a fixed per-stream ``input_scale`` (a buffer estimated on the training maps: the
+99th percentile of the positive values) so that the same initial parameters make sense for any
+layer and backbone; dividing by a constant is a re-parametrisation (e.g. beta -> beta / scale).
+All parameters are kept in their valid range by a softplus parametrisation:
+alpha, beta (SinH, Exp), alpha, gamma, zeta (Weibull), p and lambda (power normalisation) are
+softplus(raw) > 0; the Weibull shape is beta = 1 + softplus(raw) > 1, so that (x/alpha)^(beta-1)
+is bounded and continuous at x = 0 and the peak x0 of eq. 11 exists. At x = 0 the Weibull's
+log(x/alpha) (in d/d beta) and (x/alpha)^(beta-2) (in d/d x for beta < 2) are infinite, so the
+Weibull evaluates its input clamped to ``eps`` (default 1e-6, relative to the normalised input):
+theta(0) is then (eps/alpha)^(beta-1) ~ 0 and all gradients are finite.
+
+Training (Sec. 3.4, 4.1), as done here. The backbone is frozen: the head (activation, power
+normalisation and whitening parameters) is trained on the cached maps of the training dataset's
+database images (:func:`fit_actnet_head`; the demo's "demo-train", whose instances are disjoint
+from "demo"'s, :func:`check_disjoint_instances`), with the triplet loss (eq. 23, margin 0.1), hard
+negatives re-mined with the current model every epoch, SGD lr 1e-3, weight decay 5e-4, momentum
+0.9 (the paper's settings; options of :class:`TrainingConfig`). The trained head is cached with its
+training history under the feature cache (:func:`head_cache_path`), so ``python -m helpers
+evaluate --method actnet`` and the notebook train it once. The paper's end-to-end fine-tuning of the
+backbone is not implemented (it needs a GPU and the images; see the notebook). The head runs on
+the backbone's device (CUDA when present). Because the activations are element-wise on max(x, 0),
+the streams only evaluate the positive cells of a map (:class:`SparseMap`) and count the others,
+which is exact and several times faster on ReLU maps.
+
+Command line: ``python -m helpers evaluate --dataset demo --method actnet [--option activation=sinh]
+[--option whiten=false] [--option lr=0.01] ...`` (see :class:`ACTNetMethod`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods import RetrievalMethod, register_method
+
+ACTIVATIONS = ("identity", "sinh", "exp", "weibull")
+#: Initial (constrained) parameter values per activation, for an input normalised to ~[0, 1].
+DEFAULT_ACTIVATION_INIT = {
+    "identity": {},
+    "sinh": {"alpha": 1.0, "beta": 3.0},
+    "exp": {"alpha": 1.0, "beta": 3.0},
+    "weibull": {"alpha": 1.0, "beta": 3.0, "gamma": 1.0, "zeta": 2.0},
+}
+#: Largest argument passed to exp / sinh (e^60 ~ 1e26 is still finite in float32).
+MAX_EXP_ARGUMENT = 60.0
+
+
+# ------------------------------------------------------------------------ parametrisation
+
+
+def inverse_softplus(value: float) -> float:
+    """``r`` with ``softplus(r) == value`` (value > 0), used to initialise raw parameters."""
+    if not value > 0:
+        raise ValueError(f"softplus-parametrised values must be > 0, got {value}")
+    return float(value + math.log(-math.expm1(-value)))  # = log(expm1(value)), stable for large values
+
+
+def _raw_parameter(value: float, offset: float = 0.0, name: str = "parameter") -> nn.Parameter:
+    if not value > offset:
+        raise ValueError(f"{name} must be > {offset}, got {value}")
+    return nn.Parameter(torch.tensor(inverse_softplus(value - offset), dtype=torch.float32))
+
+
+# ------------------------------------------------------------------ activation functions (pure)
+
+
+def sinh_activation(x: torch.Tensor, alpha, beta) -> torch.Tensor:
+    """Sine-Hyperbolic activation, eq. 2: theta(x) = alpha * sinh(beta * x)."""
+    return alpha * torch.sinh(torch.clamp(beta * x, max=MAX_EXP_ARGUMENT))
+
+
+def exp_activation(x: torch.Tensor, alpha, beta) -> torch.Tensor:
+    """Exponential activation, eq. 6: theta(x) = alpha * (exp(beta * x) - 1)."""
+    return alpha * torch.expm1(torch.clamp(beta * x, max=MAX_EXP_ARGUMENT))
+
+
+def weibull_activation(x: torch.Tensor, alpha, beta, gamma, zeta, eps: float = 1e-6) -> torch.Tensor:
+    """Modified Weibull activation, eq. 10: theta(x) = (x/alpha)^(beta-1) * exp(-(x/gamma)^zeta).
+
+    Defined for x >= 0; ``x`` is clamped to ``eps`` so that the value and every gradient stay finite
+    at x = 0 (see the module docstring). With beta > 1 the function rises polynomially, peaks at
+    x0 (eq. 11, :func:`weibull_peak`) and then decays exponentially.
+    """
+    x = torch.clamp(x, min=eps)
+    return torch.exp((beta - 1) * torch.log(x / alpha) - (x / gamma) ** zeta)
+
+
+def weibull_peak(beta, gamma, zeta):
+    """Weibull peak, eq. 11: x0 = gamma * ((beta - 1) / zeta)^(1/zeta) (solves d theta/dx = 0; beta > 1)."""
+    return gamma * ((beta - 1) / zeta) ** (1.0 / zeta)
+
+
+# ------------------------------------------------------- closed-form partial derivatives (pure)
+
+
+def sinh_partials(x, alpha, beta) -> Dict[str, torch.Tensor]:
+    """Partial derivatives of eq. 2: eqs. 3 (d/dx), 4 (d/d alpha), 5 (d/d beta)."""
+    return {
+        "x": alpha * beta * torch.cosh(beta * x),  # eq. 3
+        "alpha": torch.sinh(beta * x),  # eq. 4
+        "beta": alpha * x * torch.cosh(beta * x),  # eq. 5
+    }
+
+
+def exp_partials(x, alpha, beta) -> Dict[str, torch.Tensor]:
+    """Partial derivatives of eq. 6: eqs. 7 (d/dx), 8 (d/d alpha), 9 (d/d beta).
+
+    The converted text labels eq. 9 as d theta/d x^2; its right-hand side alpha x exp(beta x) is
+    the derivative with respect to beta.
+    """
+    return {
+        "x": alpha * beta * torch.exp(beta * x),  # eq. 7
+        "alpha": torch.expm1(beta * x),  # eq. 8
+        "beta": alpha * x * torch.exp(beta * x),  # eq. 9 (corrected label)
+    }
+
+
+def weibull_partials(x, alpha, beta, gamma, zeta) -> Dict[str, torch.Tensor]:
+    """Partial derivatives of eq. 10 for x > 0: eqs. 12-13 (d/dx), 14 (beta), 15 (alpha), 16 (gamma), 17 (zeta).
+
+    Eq. 17 is corrected: d theta/d zeta = -(x/alpha)^(beta-1) (x/gamma)^zeta log(x/gamma) E,
+    with E = exp(-(x/gamma)^zeta) (the text has (-x/gamma)^zeta and log(x/zeta)).
+    """
+    decay = torch.exp(-((x / gamma) ** zeta))
+    poly = (x / alpha) ** (beta - 1)
+    return {
+        "x": ((beta - 1) / alpha) * (x / alpha) ** (beta - 2) * decay  # eq. 12
+        - (zeta / gamma**zeta) * poly * x ** (zeta - 1) * decay,  # eq. 13
+        "beta": torch.log(x / alpha) * poly * decay,  # eq. 14
+        "alpha": (1 - beta) * (x ** (beta - 1) / alpha**beta) * decay,  # eq. 15
+        "gamma": zeta * (x ** (beta + zeta - 1) / (alpha ** (beta - 1) * gamma ** (zeta + 1))) * decay,  # eq. 16
+        "zeta": -poly * (x / gamma) ** zeta * torch.log(x / gamma) * decay,  # eq. 17 (corrected)
+    }
+
+
+def weibull_partials_as_printed(x, alpha, beta, gamma, zeta) -> Dict[str, torch.Tensor]:
+    """Eq. 17 exactly as the converted text prints it, kept only to show (notebook, tests) that it is wrong.
+
+    (x/alpha)^(beta-1) (-x/gamma)^zeta log(x/zeta) exp(-(x/gamma)^zeta); (-x/gamma)^zeta is NaN for
+    non-integer zeta, so the printed form is evaluated with integer zeta only.
+    """
+    decay = torch.exp(-((x / gamma) ** zeta))
+    return {"zeta": (x / alpha) ** (beta - 1) * (-x / gamma) ** zeta * torch.log(x / zeta) * decay}
+
+
+def autograd_partials(theta, x: torch.Tensor, params: Mapping[str, float]) -> Dict[str, torch.Tensor]:
+    """Element-wise partial derivatives of ``theta(x, **params)`` w.r.t. x and each scalar parameter, by autograd.
+
+    Forward-mode (``torch.func.jvp``) with a unit tangent: since theta is element-wise, the
+    directional derivative along ones(x) is d theta_i / d x_i, and along a parameter it is
+    d theta_i / d param. Computed in float64; used to check the closed forms of eqs. 3-17.
+    """
+    import warnings
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    values = {k: torch.tensor(float(v), dtype=torch.float64) for k, v in params.items()}
+    with warnings.catch_warnings():  # torch.func's first use warns about torch.jit.script internally
+        warnings.simplefilter("ignore", FutureWarning)
+        from torch.func import jvp
+
+        out = {"x": jvp(lambda x_: theta(x_, **values), (x,), (torch.ones_like(x),))[1]}
+        for name in values:
+            def along(p, name=name):
+                return theta(x, **{**values, name: p})
+            out[name] = jvp(along, (values[name],), (torch.ones_like(values[name]),))[1]
+    return out
+
+
+#: activation name -> (theta(x, **params), closed-form partials(x, **params)), for the derivative checks
+CLOSED_FORMS = {
+    "sinh": (sinh_activation, sinh_partials),
+    "exp": (exp_activation, exp_partials),
+    "weibull": (lambda x, alpha, beta, gamma, zeta: weibull_activation(x, alpha, beta, gamma, zeta, eps=1e-300),
+                weibull_partials),
+}
+
+
+# ----------------------------------------------------------------------- activation modules
+
+
+class ParametricActivation(nn.Module):
+    """Element-wise activation theta_phi(x; w_theta) applied to a tensor (eq. 1)."""
+
+    kind = "base"
+    #: names of the (constrained) parameters, in the order of the paper's w_theta
+    parameter_names: Sequence[str] = ()
+
+    def values(self) -> Dict[str, torch.Tensor]:
+        """The constrained parameter values (tensors, differentiable)."""
+        raise NotImplementedError
+
+    def values_dict(self) -> Dict[str, float]:
+        """The constrained parameter values as floats (for printing and plotting)."""
+        return {k: float(v.detach()) for k, v in self.values().items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v:.4g}" for k, v in self.values_dict().items())
+
+
+class IdentityActivation(ParametricActivation):
+    """theta(x) = x: "direct aggregation" (DA) when followed by average pooling."""
+
+    kind = "identity"
+
+    def values(self):
+        return {}
+
+    def forward(self, x):
+        return x
+
+
+class SinHActivation(ParametricActivation):
+    """Learnable Sine-Hyperbolic activation alpha * sinh(beta x) (eq. 2); alpha, beta = softplus(raw) > 0."""
+
+    kind = "sinh"
+    parameter_names = ("alpha", "beta")
+
+    def __init__(self, alpha: float = 1.0, beta: float = 3.0):
+        super().__init__()
+        self.raw_alpha = _raw_parameter(alpha, name="alpha")
+        self.raw_beta = _raw_parameter(beta, name="beta")
+
+    def values(self):
+        return {"alpha": F.softplus(self.raw_alpha), "beta": F.softplus(self.raw_beta)}
+
+    def forward(self, x):
+        v = self.values()
+        return sinh_activation(x, v["alpha"], v["beta"])
+
+
+class ExpActivation(ParametricActivation):
+    """Learnable Exponential activation alpha (exp(beta x) - 1) (eq. 6); alpha, beta = softplus(raw) > 0."""
+
+    kind = "exp"
+    parameter_names = ("alpha", "beta")
+
+    def __init__(self, alpha: float = 1.0, beta: float = 3.0):
+        super().__init__()
+        self.raw_alpha = _raw_parameter(alpha, name="alpha")
+        self.raw_beta = _raw_parameter(beta, name="beta")
+
+    def values(self):
+        return {"alpha": F.softplus(self.raw_alpha), "beta": F.softplus(self.raw_beta)}
+
+    def forward(self, x):
+        v = self.values()
+        return exp_activation(x, v["alpha"], v["beta"])
+
+
+class WeibullActivation(ParametricActivation):
+    """Learnable modified Weibull activation (eq. 10).
+
+    alpha, gamma, zeta = softplus(raw) > 0 and beta = 1 + softplus(raw) > 1 (peak of eq. 11 exists,
+    function bounded at 0); input clamped to ``eps`` (see :func:`weibull_activation`).
+    """
+
+    kind = "weibull"
+    parameter_names = ("beta", "alpha", "gamma", "zeta")
+
+    def __init__(self, alpha: float = 1.0, beta: float = 3.0, gamma: float = 1.0, zeta: float = 2.0,
+                 eps: float = 1e-6):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.raw_alpha = _raw_parameter(alpha, name="alpha")
+        self.raw_beta = _raw_parameter(beta, offset=1.0, name="beta")
+        self.raw_gamma = _raw_parameter(gamma, name="gamma")
+        self.raw_zeta = _raw_parameter(zeta, name="zeta")
+        self.eps = float(eps)
+
+    def values(self):
+        return {
+            "alpha": F.softplus(self.raw_alpha),
+            "beta": 1.0 + F.softplus(self.raw_beta),
+            "gamma": F.softplus(self.raw_gamma),
+            "zeta": F.softplus(self.raw_zeta),
+        }
+
+    def peak(self) -> float:
+        """x0 of eq. 11 for the current parameters (in the stream's normalised input units)."""
+        v = self.values_dict()
+        return float(weibull_peak(v["beta"], v["gamma"], v["zeta"]))
+
+    def forward(self, x):
+        v = self.values()
+        return weibull_activation(x, v["alpha"], v["beta"], v["gamma"], v["zeta"], eps=self.eps)
+
+
+_ACTIVATION_CLASSES = {c.kind: c for c in (IdentityActivation, SinHActivation, ExpActivation, WeibullActivation)}
+
+
+def make_activation(kind: str, **init) -> ParametricActivation:
+    """Activation module by name ("identity", "sinh", "exp", "weibull"), with optional initial values."""
+    if kind not in _ACTIVATION_CLASSES:
+        raise ValueError(f"unknown activation {kind!r}; choose one of {ACTIVATIONS}")
+    params = dict(DEFAULT_ACTIVATION_INIT[kind])
+    unknown = set(init) - set(params) - ({"eps"} if kind == "weibull" else set())
+    if unknown:
+        raise ValueError(f"activation {kind!r} has no parameter(s) {sorted(unknown)}; it has {sorted(params)}")
+    params.update(init)
+    return _ACTIVATION_CLASSES[kind](**params)
+
+
+# --------------------------------------------------------------------- aggregation stream
+
+
+class PowerNormalisation(nn.Module):
+    """Learnable power normalisation psi(z) = lambda * z^p, element-wise (eq. 20); p, lambda = softplus(raw) > 0.
+
+    ``z`` is clamped to ``eps`` first (z^p has an infinite slope at 0 for p < 1).
+    ``learnable=False`` makes psi the identity (p = lambda = 1 fixed), for plain direct aggregation.
+    """
+
+    def __init__(self, p: float = 0.5, lam: float = 1.0, learnable: bool = True, eps: float = 1e-8):
+        super().__init__()
+        self.learnable = bool(learnable)
+        self.eps = float(eps)
+        if self.learnable:
+            self.raw_p = _raw_parameter(p, name="p")
+            self.raw_lam = _raw_parameter(lam, name="lambda")
+
+    def values(self) -> Dict[str, torch.Tensor]:
+        if not self.learnable:
+            return {"p": torch.tensor(1.0), "lam": torch.tensor(1.0)}
+        return {"p": F.softplus(self.raw_p), "lam": F.softplus(self.raw_lam)}
+
+    def forward(self, z):
+        if not self.learnable:
+            return z
+        v = self.values()
+        return v["lam"] * torch.clamp(z, min=self.eps) ** v["p"]
+
+
+@dataclass
+class SparseMap:
+    """The positive cells of one rectified C x H x W map: ``values`` (1-D) and their ``channel`` indices.
+
+    Every activation here is element-wise and applied to max(x, 0), so the (many) non-positive cells
+    all map to the same value theta(0) (0 for SinH/Exp/identity, ~0 for the Weibull): storing only
+    the positive cells and their count per channel gives the exact average pooling at a fraction of
+    the cost (a last conv map behind ReLU6 is ~90% zeros).
+    """
+
+    values: torch.Tensor
+    channel: torch.Tensor
+    channels: int
+    cells: int
+
+    @classmethod
+    def from_map(cls, fmap: torch.Tensor) -> "SparseMap":
+        if fmap.dim() != 3:
+            raise ValueError(f"expected a C x H x W map, got shape {tuple(fmap.shape)}")
+        flat = fmap.reshape(fmap.shape[0], -1)
+        if flat.shape[1] == 0:
+            raise ValueError("a map has no spatial cell (H * W == 0)")
+        channel, cell = torch.nonzero(flat > 0, as_tuple=True)
+        return cls(flat[channel, cell].float(), channel, int(flat.shape[0]), int(flat.shape[1]))
+
+
+@dataclass
+class PackedMaps:
+    """Several maps of one layer (same C, any H x W) packed for one activation call and one ``index_add_``.
+
+    ``values``: the positive cells of all maps (1-D); ``index``: image * C + channel of each value;
+    ``cells``: H_i * W_i per image; ``channels``: C.
+    """
+
+    values: torch.Tensor
+    index: torch.Tensor
+    cells: torch.Tensor
+    channels: int
+
+    @property
+    def num_images(self) -> int:
+        return int(self.cells.numel())
+
+    def to(self, device) -> "PackedMaps":
+        return PackedMaps(self.values.to(device), self.index.to(device), self.cells.to(device), self.channels)
+
+
+def pack_sparse(sparse_maps: Sequence[SparseMap], indices: Optional[Sequence[int]] = None) -> PackedMaps:
+    """Pack the :class:`SparseMap` s ``sparse_maps[i]`` for i in ``indices`` (default: all), in that order."""
+    chosen = list(sparse_maps) if indices is None else [sparse_maps[int(i)] for i in indices]
+    if len(chosen) == 0:
+        raise ValueError("need at least one map to pack")
+    channels = {m.channels for m in chosen}
+    if len(channels) != 1:
+        raise ValueError(f"maps must all have the same C; got {sorted(channels)}")
+    c = channels.pop()
+    index = torch.cat([m.channel + k * c for k, m in enumerate(chosen)])
+    return PackedMaps(torch.cat([m.values for m in chosen]), index,
+                      torch.tensor([m.cells for m in chosen], dtype=torch.long), c)
+
+
+def pack_maps(maps: Sequence[torch.Tensor]) -> PackedMaps:
+    """Pack a list of C x H_i x W_i maps (one layer, same C) into a :class:`PackedMaps` (positive cells only)."""
+    if len(maps) == 0:
+        raise ValueError("pack_maps needs at least one map")
+    channels = {int(m.shape[0]) for m in maps}
+    if any(m.dim() != 3 for m in maps) or len(channels) != 1:
+        raise ValueError(f"maps must all be C x H x W with the same C; got shapes {[tuple(m.shape) for m in maps[:5]]}")
+    return pack_sparse([SparseMap.from_map(m) for m in maps])
+
+
+def average_pool_packed(theta, packed: PackedMaps) -> torch.Tensor:
+    """Global average pooling P(theta(max(X, 0))) of eq. 19 for packed maps: returns N x C.
+
+    ``theta`` is the element-wise function (applied to the positive cells and once to 0, whose
+    value every non-positive cell takes).
+    """
+    n, c = packed.num_images, packed.channels
+    activated = theta(packed.values)
+    sums = activated.new_zeros(n * c).index_add_(0, packed.index, activated)
+    zero_cells = packed.cells.repeat_interleave(c) - torch.bincount(packed.index, minlength=n * c)
+    sums = sums + zero_cells.to(activated.dtype) * theta(activated.new_zeros(1))
+    return sums.view(n, c) / packed.cells.to(activated.dtype).unsqueeze(1)
+
+
+class AggregationStream(nn.Module):
+    """One aggregation stream Phi(X) = psi(P(phi(X))) (eq. 21 = eqs. 18, 19, 20 chained).
+
+    The input is first rectified and divided by the fixed buffer ``input_scale`` (see module
+    docstring), then passed through the activation phi (eq. 18), average-pooled (eq. 19) and
+    power-normalised (eq. 20).
+    """
+
+    def __init__(self, activation: ParametricActivation, power_norm: Optional[PowerNormalisation] = None,
+                 input_scale: float = 1.0):
+        super().__init__()
+        self.activation = activation
+        self.power_norm = power_norm if power_norm is not None else PowerNormalisation()
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(max(x, 0) / input_scale), element-wise (eq. 18), for a tensor of any shape."""
+        return self.activation(torch.relu(x) / self.input_scale)
+
+    def forward_packed(self, packed: PackedMaps) -> torch.Tensor:
+        """Phi for packed (rectified) maps; same result as :meth:`forward` on the dense maps."""
+        theta = lambda v: self.activation(v / self.input_scale)  # noqa: E731 (values are already > 0)
+        return self.power_norm(average_pool_packed(theta, packed))
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``maps``: list of C x H_i x W_i tensors (or one N x C x H x W tensor); returns N x C."""
+        if isinstance(maps, torch.Tensor) and maps.dim() == 4:
+            return self.power_norm(self.activate(maps).mean(dim=(2, 3)))
+        return self.forward_packed(pack_maps(list(maps)).to(self.input_scale.device))
+
+
+def estimate_input_scale(maps: Sequence[torch.Tensor], quantile: float = 0.99, max_values: int = 2_000_000,
+                         seed: int = 0) -> float:
+    """99th percentile (``quantile``) of the positive values of ``maps``: the stream's ``input_scale``."""
+    if len(maps) == 0:
+        raise ValueError("estimate_input_scale needs at least one map")
+    values = torch.cat([m.reshape(-1).float() for m in maps])
+    values = values[values > 0]
+    if values.numel() == 0:
+        raise ValueError("all map values are <= 0; cannot estimate an input scale")
+    if values.numel() > max_values:
+        g = torch.Generator().manual_seed(seed)
+        values = values[torch.randint(values.numel(), (max_values,), generator=g)]
+    return float(torch.quantile(values, quantile))
+
+
+# ------------------------------------------------------------------------ multi-stream head
+
+
+def pca_whitening_parameters(descriptors: np.ndarray, dim: Optional[int] = None, shrinkage: float = 0.0):
+    """Weight (dim x D) and bias (dim) of the linear layer x -> W x + b = P^T (x - mean) that PCA-whitens ``descriptors``.
+
+    Sec. 3.4: "The PCA+Whitening projection is implemented as a Fully Connected layer (for the
+    projection with whitened eigenvectors) with bias (for mean subtraction)". The projection is the
+    suite's :class:`helpers.whitening.PCAWhitening` (``dim`` defaults to min(D, N - 1);
+    ``shrinkage`` regularises the small eigenvalues, useful with few training images).
+    """
+    from .whitening import PCAWhitening
+
+    pca = PCAWhitening(dim, shrinkage).fit(np.asarray(descriptors, dtype=np.float64))
+    weight = pca.projection_.T.astype(np.float64)
+    bias = -weight @ pca.mean_.astype(np.float64)
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+class ACTNetHead(nn.Module):
+    """The trainable part of ACTNET above the backbone (Fig. 1a, Sec. 3.3).
+
+    One :class:`AggregationStream` per tapped layer; their outputs concatenated
+    (b = [Phi_1(f_1(x)), ..., Phi_K(f_K(x))]); a PCA-whitening linear layer (initialise it with
+    :meth:`init_whitening`); l2-normalisation.
+
+    Args:
+        layers: tap names, one stream each (the paper: the last two conv blocks).
+        channels: channel count of each layer.
+        activation: "identity" (direct aggregation), "sinh", "exp" or "weibull".
+        activation_init: initial activation parameter values (defaults: ``DEFAULT_ACTIVATION_INIT``).
+        power_norm: learnable power normalisation (eq. 20); False = identity.
+        p_init: initial exponent p of eq. 20.
+        whiten: with the PCA-whitening linear layer (the paper); False: b is only l2-normalised.
+    """
+
+    def __init__(self, layers: Sequence[str], channels: Sequence[int], activation: str = "weibull",
+                 activation_init: Optional[Mapping[str, float]] = None, power_norm: bool = True,
+                 p_init: float = 0.5, whiten: bool = True):
+        super().__init__()
+        layers, channels = list(layers), [int(c) for c in channels]
+        if len(layers) == 0 or len(layers) != len(channels):
+            raise ValueError(f"need one channel count per layer, got layers={layers}, channels={channels}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct, got {layers}")
+        self.layers = layers
+        self.channels = channels
+        self.activation_kind = activation
+        self.streams = nn.ModuleList([
+            AggregationStream(make_activation(activation, **dict(activation_init or {})),
+                              PowerNormalisation(p=p_init, learnable=power_norm))
+            for _ in layers
+        ])
+        self.whiten = bool(whiten)
+        in_dim = sum(channels)
+        if self.whiten:
+            self.whitening = nn.Linear(in_dim, in_dim)
+            with torch.no_grad():  # identity until init_whitening is called
+                self.whitening.weight.copy_(torch.eye(in_dim))
+                self.whitening.bias.zero_()
+        else:
+            self.whitening = nn.Identity()
+
+    @property
+    def out_dim(self) -> int:
+        return self.whitening.out_features if self.whiten else sum(self.channels)
+
+    def stream(self, layer: str) -> AggregationStream:
+        return self.streams[self.layers.index(layer)]
+
+    def aggregate(self, maps_by_layer: Mapping[str, object]) -> torch.Tensor:
+        """b = concatenation of the stream outputs, N x sum(C). Values: lists of C x H x W maps or PackedMaps."""
+        missing = [l for l in self.layers if l not in maps_by_layer]
+        if missing:
+            raise KeyError(f"maps for layer(s) {missing} missing; the head needs {self.layers}")
+        outs = []
+        for layer, stream, c in zip(self.layers, self.streams, self.channels):
+            maps = maps_by_layer[layer]
+            out = stream.forward_packed(maps) if isinstance(maps, PackedMaps) else stream(maps)
+            if out.shape[1] != c:
+                raise ValueError(f"layer {layer!r}: expected {c} channels, got {out.shape[1]}")
+            outs.append(out)
+        if len({o.shape[0] for o in outs}) != 1:
+            raise ValueError(f"layers have different image counts: {[o.shape[0] for o in outs]}")
+        return torch.cat(outs, dim=1)
+
+    def forward(self, maps_by_layer: Mapping[str, object]) -> torch.Tensor:
+        """Final l2-normalised descriptors, N x out_dim."""
+        return F.normalize(self.whitening(self.aggregate(maps_by_layer)), dim=1)
+
+    @torch.no_grad()
+    def init_input_scales(self, maps_by_layer: Mapping[str, Sequence[torch.Tensor]]) -> None:
+        """Set each stream's ``input_scale`` from training maps (:func:`estimate_input_scale`)."""
+        for layer, stream in zip(self.layers, self.streams):
+            stream.input_scale.fill_(estimate_input_scale(maps_by_layer[layer]))
+
+    @torch.no_grad()
+    def init_stream_balance(self, maps_by_layer: Mapping[str, object]) -> None:
+        """Set each stream's lambda (eq. 20) so that its output has mean l2 norm 1 on the training maps.
+
+        The paper learns lambda to weight the streams but does not say how it starts; starting from
+        equal norms keeps a wide layer (or one with large values) from drowning the others in b.
+        No-op for streams without learnable power normalisation.
+        """
+        for layer, stream in zip(self.layers, self.streams):
+            if not stream.power_norm.learnable:
+                continue
+            maps = maps_by_layer[layer]
+            out = stream.forward_packed(maps) if isinstance(maps, PackedMaps) else stream(maps)
+            lam = float(stream.power_norm.values()["lam"]) / float(out.norm(dim=1).mean().clamp(min=1e-12))
+            stream.power_norm.raw_lam.fill_(inverse_softplus(lam))
+
+    @torch.no_grad()
+    def init_whitening(self, maps_by_layer: Mapping[str, object], dim: Optional[int] = None, shrinkage: float = 0.0):
+        """Re-create the whitening layer from PCA of the current concatenated descriptors b (Sec. 3.4)."""
+        if not self.whiten:
+            raise ValueError("this head was built with whiten=False: it has no whitening layer")
+        b = self.aggregate(maps_by_layer).double().numpy()
+        weight, bias = pca_whitening_parameters(b, dim=dim, shrinkage=shrinkage)
+        self.whitening = nn.Linear(weight.shape[1], weight.shape[0])
+        self.whitening.weight.copy_(torch.from_numpy(weight))
+        self.whitening.bias.copy_(torch.from_numpy(bias))
+
+    def parameter_summary(self) -> Dict[str, Dict[str, float]]:
+        """Constrained activation and power-normalisation parameters per layer (floats)."""
+        out = {}
+        for layer, stream in zip(self.layers, self.streams):
+            vals = stream.activation.values_dict()
+            vals.update({k: float(v.detach()) for k, v in stream.power_norm.values().items()})
+            vals["input_scale"] = float(stream.input_scale)
+            out[layer] = vals
+        return out
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.1):
+    """Triplet loss of eq. 23, averaged over triplets: 1/2 max(0, t + ||a^q - a^m||^2 - ||a^q - a^n||^2)."""
+    if not anchor.shape == positive.shape == negative.shape:
+        raise ValueError(f"anchor/positive/negative shapes differ: {anchor.shape}, {positive.shape}, {negative.shape}")
+    d_pos = ((anchor - positive) ** 2).sum(dim=1)
+    d_neg = ((anchor - negative) ** 2).sum(dim=1)
+    return 0.5 * torch.clamp(margin + d_pos - d_neg, min=0).mean()
+
+
+def mine_hard_triplets(descriptors, labels: Sequence, margin: float = 0.1, rng: Optional[np.random.Generator] = None,
+                       keep_all: bool = False) -> np.ndarray:
+    """Triplets (query, match, hardest non-match) from descriptors computed with the current model (Sec. 4.1).
+
+    Every image with at least one other image of its instance is a query; its match is drawn at
+    random among those; its negative is the nearest image (Euclidean) of another instance. Only
+    triplets that incur a loss, ||q - n||^2 - ||q - m||^2 < margin, are kept (unless ``keep_all``).
+    Returns an int array T x 3 of image indices.
+    """
+    desc = torch.as_tensor(np.asarray(descriptors), dtype=torch.float64)
+    labels = np.asarray(labels)
+    if desc.dim() != 2 or desc.shape[0] != len(labels):
+        raise ValueError(f"need N x D descriptors and N labels, got {tuple(desc.shape)} and {len(labels)}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    sq = torch.cdist(desc, desc).pow(2).numpy()
+    same = labels[:, None] == labels[None, :]
+    triplets = []
+    for q in range(len(labels)):
+        matches = np.flatnonzero(same[q])
+        matches = matches[matches != q]
+        others = np.flatnonzero(~same[q])
+        if len(matches) == 0 or len(others) == 0:
+            continue
+        m = int(rng.choice(matches))
+        n = int(others[np.argmin(sq[q, others])])
+        if keep_all or sq[q, n] - sq[q, m] < margin:
+            triplets.append((q, m, n))
+    return np.asarray(triplets, dtype=np.int64).reshape(-1, 3)
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of the triplet training (Sec. 4.1 defaults: SGD lr 1e-3, wd 5e-4, momentum 0.9, margin 0.1)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    margin: float = 0.1
+    triplets_per_batch: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.triplets_per_batch < 1:
+            raise ValueError(f"epochs must be >= 0 and triplets_per_batch >= 1, got {self.epochs}, {self.triplets_per_batch}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.momentum < 1 and self.margin > 0):
+            raise ValueError(f"invalid optimiser settings: {self}")
+
+
+def sparsify(maps_by_layer: Mapping[str, Sequence[torch.Tensor]], layers: Sequence[str]) -> Dict[str, List[SparseMap]]:
+    """:class:`SparseMap` s of the maps of ``layers`` (done once; training then packs subsets of them)."""
+    missing = [l for l in layers if l not in maps_by_layer]
+    if missing:
+        raise KeyError(f"maps for layer(s) {missing} missing; the head needs {list(layers)}")
+    return {l: [SparseMap.from_map(m) for m in maps_by_layer[l]] for l in layers}
+
+
+def _is_sparse(maps_by_layer, layers) -> bool:
+    first = maps_by_layer[layers[0]] if layers[0] in maps_by_layer else None
+    return bool(first) and isinstance(first[0], SparseMap)
+
+
+def head_device(head: nn.Module) -> torch.device:
+    """The device the head's tensors live on."""
+    return next(iter(head.buffers())).device
+
+
+@torch.no_grad()
+def describe_maps(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tensor]], batch_size: int = 64) -> torch.Tensor:
+    """Descriptors (N x out_dim, on the CPU) of a list of images given their maps (per layer: lists of
+    C x H x W tensors or of :class:`SparseMap`), in batches of ``batch_size`` images, on the head's device."""
+    device = head_device(head)
+    sparse = maps_by_layer if _is_sparse(maps_by_layer, head.layers) else sparsify(maps_by_layer, head.layers)
+    n = len(sparse[head.layers[0]])
+    out = []
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        out.append(head({l: pack_sparse(sparse[l], idx).to(device) for l in head.layers}).cpu())
+    return torch.cat(out) if out else torch.zeros(0, head.out_dim)
+
+
+def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tensor]], labels: Sequence,
+               config: Optional[TrainingConfig] = None, progress: bool = False) -> Dict[str, list]:
+    """Train the head's activation, power-normalisation and whitening parameters with the triplet loss (eq. 23).
+
+    The backbone is frozen: ``maps_by_layer`` holds the cached maps of the training images (lists of
+    C x H x W per layer, same image order as ``labels``). Each epoch re-mines hard triplets with the
+    current model (:func:`mine_hard_triplets`), then runs SGD over them in mini-batches of
+    ``triplets_per_batch``. Runs on the head's device (move the head first, e.g. to
+    :func:`helpers.backbones.try_gpu`); the maps stay on the CPU and go over in mini-batches. Returns the history: per epoch (index 0 = before training) the mean
+    triplet loss over all mined triplets (active or not), the number of active triplets, the mean
+    mini-batch loss, and the activation / power parameters.
+    """
+    config = config if config is not None else TrainingConfig()
+    device = head_device(head)
+    labels = np.asarray(labels)
+    sparse = sparsify(maps_by_layer, head.layers)
+    if any(len(f) != len(labels) for f in sparse.values()):
+        raise ValueError(f"maps and labels disagree: {[len(f) for f in sparse.values()]} maps, {len(labels)} labels")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    optimiser = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": []}
+
+    def record(epoch, batch_losses):
+        head.eval()
+        desc = describe_maps(head, sparse)
+        all_triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, np.random.default_rng(config.seed),
+                                          keep_all=True)
+        if len(all_triplets) == 0:
+            raise ValueError("no training triplet: every instance needs at least two images and there must be "
+                             "at least two instances")
+        t = torch.as_tensor(all_triplets)
+        objective = float(triplet_loss(desc[t[:, 0]], desc[t[:, 1]], desc[t[:, 2]], config.margin))
+        history["epoch"].append(epoch)
+        history["objective"].append(objective)
+        history["batch_loss"].append(float(np.mean(batch_losses)) if batch_losses else float("nan"))
+        history["parameters"].append(head.parameter_summary())
+        return desc
+
+    desc = record(0, [])
+    for epoch in range(1, config.epochs + 1):
+        triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, rng)
+        history["active_triplets"].append(int(len(triplets)))
+        rng.shuffle(triplets)
+        head.train()
+        batch_losses = []
+        for start in range(0, len(triplets), config.triplets_per_batch):
+            batch = triplets[start:start + config.triplets_per_batch]
+            images, local = np.unique(batch.reshape(-1), return_inverse=True)
+            local = torch.as_tensor(local.reshape(-1, 3), device=device)
+            out = head({l: pack_sparse(sparse[l], images).to(device) for l in head.layers})
+            loss = triplet_loss(out[local[:, 0]], out[local[:, 1]], out[local[:, 2]], config.margin)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            batch_losses.append(float(loss.detach()))
+        desc = record(epoch, batch_losses)
+        if progress:
+            print(f"epoch {epoch}/{config.epochs}: {len(triplets)} active triplets, "
+                  f"objective {history['objective'][-1]:.4f}")
+    history["active_triplets"].append(int(len(mine_hard_triplets(desc.numpy(), labels, config.margin,
+                                                                   np.random.default_rng(config.seed)))))
+    head.eval()
+    return history
+
+
+# ------------------------------------------------------------------ separability (Fig. 3)
+
+
+def pair_distances(query_desc: np.ndarray, db_desc: np.ndarray, gnd: Sequence[Mapping]):
+    """Euclidean distances of matching (easy + hard) and non-matching (not positive, not junk) query-db pairs.
+
+    ``query_desc``: n_q x d, ``db_desc``: n_db x d, ``gnd``: ground truth per query (int lists
+    "easy", "hard", "junk"). Returns (matching distances, non-matching distances), 1-D arrays.
+    """
+    query_desc, db_desc = np.asarray(query_desc, np.float64), np.asarray(db_desc, np.float64)
+    if len(gnd) != len(query_desc):
+        raise ValueError(f"{len(query_desc)} query descriptors but {len(gnd)} ground-truth entries")
+    dist = np.sqrt(np.maximum(((query_desc[:, None, :] - db_desc[None, :, :]) ** 2).sum(-1), 0))
+    matching, nonmatching = [], []
+    for q, g in enumerate(gnd):
+        pos = np.asarray(list(g.get("easy", [])) + list(g.get("hard", [])), dtype=int)
+        ignore = np.zeros(len(db_desc), bool)
+        ignore[pos] = True
+        ignore[np.asarray(list(g.get("junk", [])), dtype=int)] = True
+        matching.append(dist[q, pos])
+        nonmatching.append(dist[q, ~ignore])
+    return np.concatenate(matching), np.concatenate(nonmatching)
+
+
+def histogram_kl_divergence(matching: np.ndarray, nonmatching: np.ndarray, bins: int = 40,
+                            value_range=(0.0, 2.0), smoothing: float = 1e-3) -> float:
+    """KL(P(s|m) || P(s|n)) between the distance histograms of matching and non-matching pairs (Sec. 3.2, Fig. 3).
+
+    The paper does not give the direction nor the binning; we use KL from the matching to the
+    non-matching distribution, ``bins`` equal bins over ``value_range`` (l2-normalised descriptors
+    have distances in [0, 2]), and add ``smoothing`` to each bin's probability before renormalising
+    so empty bins do not give an infinite divergence. Larger = better separated.
+    """
+    from scipy.stats import entropy
+
+    if len(matching) == 0 or len(nonmatching) == 0:
+        raise ValueError("need at least one matching and one non-matching distance")
+    edges = np.linspace(value_range[0], value_range[1], bins + 1)
+    p = np.histogram(np.clip(matching, *value_range), edges)[0].astype(np.float64)
+    q = np.histogram(np.clip(nonmatching, *value_range), edges)[0].astype(np.float64)
+    p = p / p.sum() + smoothing
+    q = q / q.sum() + smoothing
+    return float(entropy(p / p.sum(), q / q.sum()))
+
+
+# ------------------------------------------------------------- strongest responses (Fig. 4)
+
+
+@torch.no_grad()
+def response_map(fmap: torch.Tensor, stream: Optional[AggregationStream] = None) -> torch.Tensor:
+    """H x W map of the summed channel responses of a C x H x W map, after the stream's activation if given.
+
+    Without a stream: the rectified raw responses (what max / average pooling see); with a stream:
+    phi(max(x, 0) / input_scale) (eq. 18), what the stream's average pooling sees.
+    """
+    if fmap.dim() != 3:
+        raise ValueError(f"expected a C x H x W map, got shape {tuple(fmap.shape)}")
+    values = torch.relu(fmap.float()) if stream is None else stream.activate(fmap.float())
+    return values.sum(dim=0)
+
+
+def strongest_cells(response: torch.Tensor, k: int = 3) -> List[tuple]:
+    """(row, col) of the ``k`` largest cells of an H x W response map, strongest first."""
+    flat = response.reshape(-1)
+    k = min(int(k), flat.numel())
+    idx = torch.topk(flat, k).indices.tolist()
+    return [(i // response.shape[1], i % response.shape[1]) for i in idx]
+
+
+@torch.no_grad()
+def pooling_distances(query_map: torch.Tensor, match_map: torch.Tensor,
+                      streams: Mapping[str, AggregationStream]) -> Dict[str, float]:
+    """Euclidean distances between the l2-normalised descriptors of two C x H x W maps (Fig. 4).
+
+    "max" = MAC (max pooling), "average" = SPoC (average pooling) of the rectified maps, and for each
+    named stream the stream output Phi(X) (activation, average pooling, power normalisation,
+    eq. 21), l2-normalised; no whitening, so only the pooling differs.
+    """
+    from .pooling import l2n, mac, spoc
+
+    q, m = torch.relu(query_map.float()), torch.relu(match_map.float())
+    out = {"max": float((l2n(mac(q)) - l2n(mac(m))).norm()),
+           "average": float((l2n(spoc(q)) - l2n(spoc(m))).norm())}
+    for name, stream in streams.items():
+        a, b = F.normalize(stream([q, m]), dim=1)
+        out[name] = float((a - b).norm())
+    return out
+
+
+# ---------------------------------------------------------------- datasets, cache, method
+
+#: Label the demo / folder sets give to images of no instance; each becomes its own singleton class.
+DISTRACTOR_LABEL = "distractor"
+HEAD_FORMAT_VERSION = 2
+#: Shrinkage of the PCA-whitening initialisation (see :func:`fit_actnet_head`).
+DEFAULT_WHITEN_SHRINKAGE = 1.0
+
+
+def training_labels(dataset) -> List[str]:
+    """One class label per database image of a training dataset, for triplet mining.
+
+    Uses ``dataset.instance_labels`` when present ("distractor" images become singletons: they are
+    negatives only). Otherwise (public benchmarks) images are grouped through the ground truth: the
+    positives (easy + hard) of a query form a class, queries sharing positives are merged (connected
+    components, scipy), and images positive for no query are singletons.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = dataset.n_db
+    if dataset.instance_labels is not None:
+        return [f"{DISTRACTOR_LABEL}#{i}" if lab == DISTRACTOR_LABEL else str(lab)
+                for i, lab in enumerate(dataset.instance_labels)]
+    rows, cols = [], []
+    for g in dataset.gnd:  # link every positive of a query to its first positive
+        pos = [int(j) for j in list(g.get("easy", [])) + list(g.get("hard", []))]
+        rows += pos[:1] * max(len(pos) - 1, 0)
+        cols += pos[1:]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    return [f"group{c}" for c in component]
+
+
+def check_disjoint_instances(train_dataset, eval_dataset) -> None:
+    """Raise ValueError if a training instance (other than distractors) is among the evaluated set's instances/queries.
+
+    Needs instance labels on both sides (demo / folder sets); otherwise only the dataset identities
+    are compared (the CLI's cross-dataset protocol: roxford5k <-> rparis6k).
+    """
+    if train_dataset.key == eval_dataset.key:
+        raise ValueError(f"the head was trained on {train_dataset.name!r}, the dataset being evaluated")
+    if train_dataset.instance_labels is None:
+        return
+    trained = set(train_dataset.instance_labels) - {DISTRACTOR_LABEL}
+    evaluated = set(eval_dataset.query_labels or []) | set(eval_dataset.instance_labels or [])
+    overlap = sorted(trained & (evaluated - {DISTRACTOR_LABEL}))
+    if overlap:
+        raise ValueError(f"training instances appear in {eval_dataset.name!r}: {overlap[:5]}; "
+                         "train the head on a dataset with disjoint instances")
+
+
+def default_layers(backbone, count: int = 2) -> List[str]:
+    """The last ``count`` conv taps of the backbone (the paper: the last two conv blocks)."""
+    layers = list(backbone.layers)
+    if not 1 <= count <= len(layers):
+        raise ValueError(f"need 1 <= count <= {len(layers)} conv taps, got {count}")
+    return layers[-count:]
+
+
+def head_config(train_dataset, backbone, layers, image_size, activation, activation_init, power_norm, p_init,
+                whiten, whiten_dim, whiten_shrinkage, training: TrainingConfig) -> dict:
+    """Everything a trained head depends on (its cache key)."""
+    return {
+        "version": HEAD_FORMAT_VERSION, "train_dataset": train_dataset.key, "backbone": backbone.name,
+        "weights_id": backbone.weights_id, "layers": list(layers), "image_size": int(image_size),
+        "activation": activation, "activation_init": dict(sorted((activation_init or {}).items())),
+        "power_norm": bool(power_norm), "p_init": float(p_init), "whiten": bool(whiten),
+        "whiten_dim": whiten_dim if whiten else None, "whiten_shrinkage": float(whiten_shrinkage) if whiten else None,
+        "training": dict(vars(training)),
+    }
+
+
+def head_cache_path(config: Mapping) -> "Path":
+    """``<cache>/actnet/<train dataset key>/<backbone>-<weights>/<activation>-<hash of config>.pt``."""
+    import hashlib
+    import json
+
+    from .features import cache_root
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(s))  # noqa: E731
+    return (cache_root() / "actnet" / safe(config["train_dataset"]) / f"{safe(config['backbone'])}-"
+            f"{safe(config['weights_id'])}" / f"{safe(config['activation'])}-{'+'.join(map(safe, config['layers']))}-"
+            f"{config['image_size']}-{'pcaw' if config['whiten'] else 'l2'}-{digest}.pt")
+
+
+def _build_head(config: Mapping, channels: Sequence[int]) -> ACTNetHead:
+    return ACTNetHead(config["layers"], channels, activation=config["activation"],
+                      activation_init=config["activation_init"], power_norm=config["power_norm"],
+                      p_init=config["p_init"], whiten=config["whiten"])
+
+
+def save_head(path, head: ACTNetHead, config: Mapping, history: Mapping) -> None:
+    """Write {config, channels, state_dict, history} to ``path`` atomically (temporary file + rename)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared
+        state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        torch.save({"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
+                    "state_dict": state, "history": dict(history)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_head(path):
+    """Inverse of :func:`save_head`: returns (head, config, history)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    head = _build_head(blob["config"], blob["channels"])
+    if head.whiten:
+        head.whitening = nn.Linear(sum(blob["channels"]), blob["out_dim"])
+    head.load_state_dict(blob["state_dict"])
+    head.eval()
+    return head, blob["config"], blob["history"]
+
+
+def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation: str = "weibull",
+                    activation_init: Optional[Mapping[str, float]] = None, power_norm: bool = True,
+                    p_init: float = 0.5, whiten: bool = True, whiten_dim: Optional[int] = None,
+                    whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE, training: Optional[TrainingConfig] = None,
+                    use_cache: bool = True, progress: bool = False, device=None):
+    """Train (or load from the cache) an ACTNET head on the cached maps of ``train_dataset``'s database images.
+
+    The backbone is frozen (its maps come from :func:`helpers.features.extract_maps`); the input
+    scales, the stream weights lambda (:meth:`ACTNetHead.init_stream_balance`) and the PCA-whitening
+    layer are initialised on the training maps, then :func:`train_head` runs.
+    Returns (head on ``device`` (default: the CPU), history, cache path).
+
+    Why ``whiten_shrinkage`` defaults to 1 (eigenvalues regularised by their mean): whitening N
+    training vectors in their N - 1 principal directions maps them onto a regular simplex, so every
+    pairwise distance of the training set is equal, the triplet loss is exactly t/2 for every triplet
+    and training has nothing to learn from. The paper has ~200K training images for a 4096-D
+    descriptor and does not meet this; a small training set (the demo's 120 images) does.
+
+    The head is cached (``use_cache``) under :func:`head_cache_path` of everything it depends on, with
+    its training history, so a later call (the CLI, the notebook) loads it instead of training.
+    """
+    from .features import extract_maps
+
+    training = training if training is not None else TrainingConfig()
+    layers = [backbone.resolve(l) for l in layers]
+    config = head_config(train_dataset, backbone, layers, image_size, activation, activation_init, power_norm,
+                         p_init, whiten, whiten_dim, whiten_shrinkage, training)
+    path = head_cache_path(config)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if use_cache and path.is_file():
+        head, _, history = load_head(path)
+        return head.to(device), history, path
+    maps = extract_maps(train_dataset, backbone, layers, image_size, "db")
+    labels = training_labels(train_dataset)
+    head = _build_head(config, [int(maps[l][0].shape[0]) for l in layers])
+    head.init_input_scales(maps)
+    head.init_stream_balance(maps)
+    if whiten:
+        head.init_whitening(maps, dim=whiten_dim, shrinkage=whiten_shrinkage)
+    history = train_head(head.to(device), maps, labels, training, progress=progress)
+    if use_cache:
+        save_head(path, head, config, history)
+    return head, history, path
+
+
+def _as_layer_list(layers) -> Optional[List[str]]:
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [l.strip() for l in layers.split(",") if l.strip()]
+    return list(layers)
+
+
+@register_method("actnet")
+class ACTNetMethod(RetrievalMethod):
+    """ACTNET head (activation streams + power normalisation + PCA-whitening layer, l2n) on frozen backbone maps.
+
+    Options (``--option KEY=VALUE`` on the command line):
+        activation: "weibull" (default), "sinh", "exp" or "identity" (direct aggregation).
+        layers: taps, e.g. "block6,conv_head" (default: the last two conv taps).
+        epochs, lr, weight_decay, momentum, margin, triplets_per_batch, seed: :class:`TrainingConfig`
+            (defaults: the paper's SGD lr 1e-3, wd 5e-4, momentum 0.9, margin 0.1).
+        whiten (bool, default True as in the paper), whiten_dim, whiten_shrinkage: the PCA-whitening layer.
+        power_norm (bool), p_init: eq. 20. use_cache (bool): reuse / store the trained head.
+    Similarity: dot product of the l2-normalised descriptors (ranking = Euclidean distance ranking).
+    """
+
+    needs_training = True
+
+    def __init__(self, backbone, image_size, activation: str = "weibull", layers=None,
+                 epochs: int = TrainingConfig.epochs, lr: float = TrainingConfig.lr,
+                 weight_decay: float = TrainingConfig.weight_decay, momentum: float = TrainingConfig.momentum,
+                 margin: float = TrainingConfig.margin, triplets_per_batch: int = TrainingConfig.triplets_per_batch,
+                 seed: int = 0, whiten: bool = True, whiten_dim: Optional[int] = None, whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
+                 power_norm: bool = True, p_init: float = 0.5, use_cache: bool = True, progress: bool = False,
+                 **activation_init):
+        super().__init__(backbone, image_size)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        make_activation(activation, **activation_init)  # validates the initial values early
+        self.activation = activation
+        self.activation_init = dict(activation_init)
+        self.layers = tuple(backbone.resolve(l) for l in (_as_layer_list(layers) or default_layers(backbone)))
+        self.training = TrainingConfig(epochs=int(epochs), lr=float(lr), weight_decay=float(weight_decay),
+                                       momentum=float(momentum), margin=float(margin),
+                                       triplets_per_batch=int(triplets_per_batch), seed=int(seed))
+        self.whiten, self.whiten_dim, self.whiten_shrinkage = bool(whiten), whiten_dim, float(whiten_shrinkage)
+        self.power_norm, self.p_init = bool(power_norm), float(p_init)
+        self.use_cache, self.progress = bool(use_cache), bool(progress)
+        self.head: Optional[ACTNetHead] = None
+        self.history: Optional[dict] = None
+        self.head_path = None
+        self.train_dataset = None
+
+    def fit(self, train_dataset):
+        self.head, self.history, self.head_path = fit_actnet_head(
+            train_dataset, self.backbone, self.layers, self.image_size, self.activation, self.activation_init,
+            self.power_norm, self.p_init, self.whiten, self.whiten_dim, self.whiten_shrinkage, self.training,
+            use_cache=self.use_cache, progress=self.progress, device=self.backbone.device)
+        self.train_dataset = train_dataset
+        return self
+
+    def describe(self, dataset, split):
+        from .features import extract_maps
+
+        if self.head is None:
+            raise RuntimeError("actnet must be fit on a training dataset first (method.fit(load_dataset(...)))")
+        check_disjoint_instances(self.train_dataset, dataset)
+        maps = extract_maps(dataset, self.backbone, list(self.layers), self.image_size, split)
+        return describe_maps(self.head, maps).numpy()
+
+    def score(self, query_desc, db_desc):
+        return np.asarray(db_desc) @ np.asarray(query_desc).T

@@ -1,0 +1,807 @@
+"""Multi-layer similarity fusion (paper 002).
+
+Yu, Yang, Yao, Sun, Xu, "Exploiting the complementary strengths of multi-layer CNN features for
+image retrieval", Neurocomputing (2017).
+
+Idea. A high ("fc") layer measures *semantic* similarity, a low (conv) layer *fine-grained*
+similarity. Instead of concatenating the per-layer descriptors (which adds the per-layer cosine
+similarities, eq. 1) the paper passes each layer's similarity through a mapping function that
+compresses the differences between similarities above a threshold ``t`` (eq. 3) before adding
+them (eq. 2). Images that the high layer already finds "semantically similar" (``S > t``) then look
+almost equally similar to it, and the low layer decides their order: the low layer *re-ranks* the
+high layer's short list.
+
+Equations (numbers as in the paper)
+
+* (1) direct concatenation ``S = sum_i S_i`` (cosine similarities of l2-normalised per-layer
+  descriptors; the dot product of the concatenated l2-normalised descriptors is exactly this sum).
+* (2) fused similarity ``S = sum_i f_i(S_i)``.
+* (3) ``f_i(S) = t_i + (1 - t_i) * ((S - t_i) / (1 - t_i)) ** p_i`` if ``S > t_i`` else ``S``,
+  with thresholds ordered from the highest to the lowest selected layer ``t_1 <= ... <= t_C`` and
+  ``t_C = 1`` for the lowest layer (its similarity is used as is). The paper's defaults are
+  ``t = 0.2, p = 0.45`` for the high layer of a two-layer pair (Sec. 3.2, 5.2) and
+  ``t = (0.2, 0.4, 1), p = (0.45, 0.45, -)`` for three layers (Sec. 5.3).
+
+Limits (Sec. 3.2): ``p = 1`` or ``t = 1`` gives direct concatenation; ``p -> 0`` maps every
+similarity above ``t`` to 1, i.e. the low layer re-ranks the high layer's list of images with
+``S_high > t`` (:func:`rerank_by_low_layer`).
+
+Conv-layer encodings (Sec. 4.1). The paper encodes a conv map as a bag of words (BoW) of its
+local ``C``-dimensional activation vectors over a vocabulary learned with approximate k-means on
+4 M local features (50 K - 100 K words). Here :func:`learn_vocabulary` uses scikit-learn's
+``MiniBatchKMeans`` on local features of the *training* dataset (``default_train_dataset``), never
+on the evaluated one, with a vocabulary sized for the small demo sets; :func:`bow_encode` builds the
+tf-idf histograms. The lighter default is a pooled vector (``helpers.pooling``, R-MAC by default).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .methods import RetrievalMethod, register_method
+
+__all__ = [
+    "PAPER_LAYERS",
+    "PAPER_LAYER_ORDER",
+    "PAPER_TWO_LAYER_THRESHOLD",
+    "PAPER_TWO_LAYER_EXPONENT",
+    "PAPER_THREE_LAYER_THRESHOLDS",
+    "PAPER_THREE_LAYER_EXPONENTS",
+    "mapping_function",
+    "concatenation_similarity",
+    "fused_similarity",
+    "cosine_similarity",
+    "paper_parameters",
+    "rerank_by_low_layer",
+    "ranks_from_similarity",
+    "sample_local_features",
+    "learn_vocabulary",
+    "BowVocabulary",
+    "bow_histograms",
+    "bow_encode",
+    "is_vector_tap",
+    "stage_first_taps",
+    "paper_layer_map",
+    "default_layers",
+    "headline_metrics",
+    "evaluate_similarity",
+    "fusion_grid",
+    "per_query_ap",
+    "most_changed_query",
+    "prefetch_features",
+    "two_layer_combinations",
+    "three_layer_combinations",
+    "conv_pairs",
+    "single_layer_rows",
+    "combination_rows",
+    "MultiLayerFusion",
+]
+
+# --------------------------------------------------------------------------------------------------
+# The paper's layer choices mapped onto each backbone.
+# --------------------------------------------------------------------------------------------------
+
+#: The paper's five layers, from high to low (Sec. 4.1 for AlexNet, Sec. 5.4 for VGG16).
+PAPER_LAYER_ORDER = ("fc1", "fc2", "conv5_1", "conv4_1", "conv3_1")
+
+#: For each backbone, the tap (``Backbone.forward_taps`` name) that plays the role of each of the
+#: paper's layers, or ``None`` where the backbone has no such layer.
+#:
+#: * vgg16: the paper's own choice (Sec. 5.4): fc1 (= fc6), fc2 (= fc7, the penultimate vector),
+#:   conv3_1, conv4_1, conv5_1 = the first conv of each of the last three conv stages
+#:   (output strides 4, 8, 16).
+#: * alexnet: Sec. 4.1 uses conv3, conv4, conv5 (AlexNet has one conv per stage, so "convN_1" is
+#:   convN) and fc1, fc2.
+#: * efficientnet_lite0, mobilenet_v2, resnet50/101 have ONE fully-connected layer, the classifier.
+#:   Their "fc" tap is the globally average-pooled last conv map, the vector the classifier reads,
+#:   i.e. the same role as VGG16's fc2 (the penultimate vector); there is no fc1.
+#:   The three conv roles follow the VGG16 rule "first block of each of the last three resolution
+#:   stages": for efficientnet_lite0 the strides of block0..block6 are 2, 4, 8, 16, 16, 32, 32, so
+#:   conv3_1 -> block2 (stride 8), conv4_1 -> block3 (stride 16), conv5_1 -> block5 (stride 32);
+#:   mobilenet_v2: block4, block7, block14 (strides 8, 16, 32); resnets: layer2, layer3, layer4.
+#:   (:func:`paper_layer_map` checks the table against the backbone's taps.)
+PAPER_LAYERS: dict[str, dict[str, str | None]] = {
+    "vgg16": {"fc1": "fc6", "fc2": "fc7", "conv5_1": "conv5_1", "conv4_1": "conv4_1",
+              "conv3_1": "conv3_1"},
+    "alexnet": {"fc1": "fc6", "fc2": "fc7", "conv5_1": "conv5", "conv4_1": "conv4",
+                "conv3_1": "conv3"},
+    "efficientnet_lite0": {"fc1": None, "fc2": "fc", "conv5_1": "block5", "conv4_1": "block3",
+                           "conv3_1": "block2"},
+    "mobilenet_v2": {"fc1": None, "fc2": "fc", "conv5_1": "block14", "conv4_1": "block7",
+                     "conv3_1": "block4"},
+    "resnet50": {"fc1": None, "fc2": "fc", "conv5_1": "layer4", "conv4_1": "layer3",
+                 "conv3_1": "layer2"},
+    "resnet101": {"fc1": None, "fc2": "fc", "conv5_1": "layer4", "conv4_1": "layer3",
+                  "conv3_1": "layer2"},
+}
+
+#: Sec. 3.2 / 5.2: two layers, the high layer's threshold and exponent (the low layer has t = 1).
+PAPER_TWO_LAYER_THRESHOLD = 0.2
+PAPER_TWO_LAYER_EXPONENT = 0.45
+#: Sec. 5.3: three layers, thresholds and exponents from the highest to the lowest layer.
+#: The lowest layer's exponent is irrelevant because its threshold is 1.
+PAPER_THREE_LAYER_THRESHOLDS = (0.2, 0.4, 1.0)
+PAPER_THREE_LAYER_EXPONENTS = (0.45, 0.45, 1.0)
+
+
+def paper_parameters(n_layers: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The paper's ``(thresholds, exponents)`` for ``n_layers`` layers ordered high to low.
+
+    One layer: ``t = 1`` (the similarity itself). Two layers: ``t = (0.2, 1), p = (0.45, 1)``
+    (Sec. 5.2). Three layers: ``t = (0.2, 0.4, 1), p = (0.45, 0.45, 1)`` (Sec. 5.3). The paper gives
+    no setting for more layers; we raise rather than invent one.
+    """
+    if n_layers == 1:
+        return (1.0,), (1.0,)
+    if n_layers == 2:
+        return (PAPER_TWO_LAYER_THRESHOLD, 1.0), (PAPER_TWO_LAYER_EXPONENT, 1.0)
+    if n_layers == 3:
+        return PAPER_THREE_LAYER_THRESHOLDS, PAPER_THREE_LAYER_EXPONENTS
+    raise ValueError(f"the paper gives default thresholds for 1 to 3 layers only, got {n_layers} "
+                     "layers; pass thresholds=... and exponents=... explicitly")
+
+
+# --------------------------------------------------------------------------------------------------
+# Similarities: eq. (1), (2), (3).
+# --------------------------------------------------------------------------------------------------
+
+def _check_threshold_exponent(threshold: float, exponent: float) -> None:
+    if not (isinstance(threshold, (int, float, np.floating, np.integer)) and math.isfinite(threshold)):
+        raise ValueError(f"threshold t must be a finite number, got {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold t must lie in [0, 1] (cosine similarity range of the paper), "
+                         f"got {threshold}")
+    if not (isinstance(exponent, (int, float, np.floating, np.integer)) and math.isfinite(exponent)):
+        raise ValueError(f"exponent p must be a finite number, got {exponent!r}")
+    if exponent < 0.0:
+        raise ValueError(f"exponent p must be >= 0 (the paper uses p in (0, 1); p = 0 is the "
+                         f"re-ranking limit), got {exponent}")
+
+
+def mapping_function(similarity, threshold: float, exponent: float) -> np.ndarray:
+    """Eq. (3): ``f(S) = t + (1 - t) ((S - t) / (1 - t))^p`` for ``S > t``, ``S`` otherwise.
+
+    Parameters
+    ----------
+    similarity : array_like
+        Cosine similarities (any shape). The paper's similarities lie in ``[0, 1]`` (non-negative
+        features); values below ``t``, including negative ones, pass unchanged.
+    threshold : float
+        ``t`` in ``[0, 1]``. ``t = 1`` returns ``S`` unchanged (direct use of the layer).
+    exponent : float
+        ``p >= 0``; the paper uses ``p`` in ``(0, 1)``, which compresses the differences between
+        similarities in ``[t, 1]``. ``p = 1`` is the identity; ``p = 0`` maps every ``S > t`` to 1.
+
+    The function is continuous (``f(t) = t``), non-decreasing, fixes ``f(1) = 1`` and, for
+    ``p <= 1``, satisfies ``f(S) >= S``. Similarities above 1 by rounding error are handled by the
+    same formula (they map slightly above 1).
+    """
+    _check_threshold_exponent(threshold, exponent)
+    s = np.asarray(similarity, dtype=np.float64)
+    if threshold >= 1.0 or exponent == 1.0:
+        return s.copy()
+    out = s.copy()
+    above = s > threshold
+    scaled = (s[above] - threshold) / (1.0 - threshold)
+    out[above] = threshold + (1.0 - threshold) * np.power(scaled, exponent)
+    return out
+
+
+def _as_layer_list(layer_similarities) -> list[np.ndarray]:
+    if isinstance(layer_similarities, np.ndarray):
+        if layer_similarities.ndim < 1:
+            raise ValueError("layer_similarities must hold one similarity array per layer")
+        sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
+    else:
+        sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
+    if len(sims) == 0:
+        raise ValueError("layer_similarities is empty: give one similarity array per layer")
+    shape = sims[0].shape
+    for i, s in enumerate(sims):
+        if s.shape != shape:
+            raise ValueError(f"all layers must have similarity arrays of the same shape; layer 0 has "
+                             f"{shape}, layer {i} has {s.shape}")
+    return sims
+
+
+def concatenation_similarity(layer_similarities: Sequence) -> np.ndarray:
+    """Eq. (1): ``S = sum_i S_i``, the similarity of directly concatenated l2-normalised layers.
+
+    ``layer_similarities`` is a sequence of ``C`` arrays of equal shape (e.g. ``n_db x n_q``).
+    """
+    sims = _as_layer_list(layer_similarities)
+    return np.sum(np.stack(sims, axis=0), axis=0)
+
+
+def fused_similarity(layer_similarities: Sequence, thresholds: Sequence[float],
+                     exponents: Sequence[float], check_order: bool = True) -> np.ndarray:
+    """Eq. (2): ``S = sum_i f_i(S_i)`` with ``f_i`` the mapping function of eq. (3).
+
+    Parameters
+    ----------
+    layer_similarities : sequence of C arrays of equal shape
+        Per-layer similarities ordered from the HIGHEST selected layer (``i = 1``) to the LOWEST
+        (``i = C``), as in the paper.
+    thresholds, exponents : sequences of C numbers
+        ``t_i`` and ``p_i``. The paper orders the thresholds ``t_1 <= ... <= t_C`` (higher layers
+        use lower thresholds) and sets ``t_C = 1``; with ``check_order`` (default) a violated order
+        raises ``ValueError``. ``t_C`` is not forced to 1, so that eq. (2) stays general.
+    """
+    sims = _as_layer_list(layer_similarities)
+    thresholds = [float(t) for t in thresholds]
+    exponents = [float(p) for p in exponents]
+    if len(thresholds) != len(sims) or len(exponents) != len(sims):
+        raise ValueError(f"need one threshold and one exponent per layer: {len(sims)} layers, "
+                         f"{len(thresholds)} thresholds, {len(exponents)} exponents")
+    for t, p in zip(thresholds, exponents):
+        _check_threshold_exponent(t, p)
+    if check_order and any(a > b for a, b in zip(thresholds, thresholds[1:])):
+        raise ValueError(f"thresholds must be non-decreasing from the highest to the lowest layer "
+                         f"(t_1 <= ... <= t_C, Sec. 3.1), got {thresholds}; pass layers high to low")
+    return np.sum(np.stack([mapping_function(s, t, p)
+                            for s, t, p in zip(sims, thresholds, exponents)], axis=0), axis=0)
+
+
+def cosine_similarity(db_vectors, query_vectors) -> np.ndarray:
+    """Cosine similarities ``n_db x n_q`` between rows of ``db_vectors`` and ``query_vectors``.
+
+    Rows are l2-normalised here (rows of zeros stay zero and get similarity 0).
+    """
+    db = np.asarray(db_vectors, dtype=np.float64)
+    q = np.asarray(query_vectors, dtype=np.float64)
+    if db.ndim != 2 or q.ndim != 2:
+        raise ValueError(f"expected 2-D arrays (n x D), got shapes {db.shape} and {q.shape}")
+    if db.shape[1] != q.shape[1]:
+        raise ValueError(f"descriptor dimensions differ: db {db.shape[1]} vs query {q.shape[1]}")
+    db = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-12)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    return db @ q.T
+
+
+def ranks_from_similarity(similarity) -> np.ndarray:
+    """Database indices sorted by decreasing similarity, per query: ``n_db x n_q`` (stable sort)."""
+    s = np.asarray(similarity, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"expected an n_db x n_q similarity matrix, got shape {s.shape}")
+    return np.argsort(-s, axis=0, kind="stable")
+
+
+def rerank_by_low_layer(high_similarity, low_similarity, threshold: float) -> np.ndarray:
+    """The ``p -> 0`` limit of eq. (2)-(3) for two layers, written as an explicit re-ranking.
+
+    For each query, the high layer's short list (database images with ``S_high > t``) is sorted by
+    the low layer's similarity ``S_low`` (ties by ``S_high``) and put first; the remaining images
+    follow in the high layer's order. Returns ranks ``n_db x n_q``.
+
+    Eq. (3) with ``p = 0`` maps every ``S_high > t`` to 1, so the fused score is ``1 + S_low`` on
+    the short list and ``S_high + S_low`` elsewhere. The two orders agree whenever the short list
+    stays ahead (e.g. ``S_low`` in ``[0, 1 - t]`` off the list) and the low layer does not reorder
+    the rest; Sec. 3.2 calls this limit "re-ranking high-layer ranking results using low-layer
+    similarity".
+    """
+    high = np.asarray(high_similarity, dtype=np.float64)
+    low = np.asarray(low_similarity, dtype=np.float64)
+    if high.shape != low.shape or high.ndim != 2:
+        raise ValueError(f"expected two n_db x n_q arrays of equal shape, got {high.shape} and "
+                         f"{low.shape}")
+    _check_threshold_exponent(threshold, 0.0)
+    n_db, n_q = high.shape
+    ranks = np.empty((n_db, n_q), dtype=np.int64)
+    for j in range(n_q):
+        on_list = high[:, j] > threshold
+        short = np.flatnonzero(on_list)
+        rest = np.flatnonzero(~on_list)
+        short = short[np.lexsort((-high[short, j], -low[short, j]))]
+        rest = rest[np.argsort(-high[rest, j], kind="stable")]
+        ranks[:, j] = np.concatenate([short, rest])
+    return ranks
+
+
+# --------------------------------------------------------------------------------------------------
+# Bag of words over conv-layer local features (Sec. 4.1).
+# --------------------------------------------------------------------------------------------------
+
+def _local_features(feature_map, normalize: bool) -> np.ndarray:
+    """``C x H x W`` map (tensor or array) -> ``(H*W) x C`` float32 local features."""
+    fmap = feature_map.detach().cpu().numpy() if hasattr(feature_map, "detach") else np.asarray(feature_map)
+    if fmap.ndim != 3:
+        raise ValueError(f"expected a C x H x W conv map, got shape {fmap.shape}")
+    local = fmap.reshape(fmap.shape[0], -1).T.astype(np.float32)
+    if normalize:
+        local = local / np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
+    return local
+
+
+def sample_local_features(feature_maps: Iterable, n_per_image: int = 200, seed: int = 0,
+                          normalize: bool = True) -> np.ndarray:
+    """Sample up to ``n_per_image`` local ``C``-dim activation vectors from each ``C x H x W`` map.
+
+    The paper trains its vocabulary on "over 4 M" such local features (Sec. 4.1). Each spatial cell
+    of a conv map is one local feature; with ``normalize`` each is l2-normalised first (so that the
+    k-means distance compares activation patterns, not magnitudes). Deterministic for a ``seed``.
+    """
+    if n_per_image < 1:
+        raise ValueError(f"n_per_image must be >= 1, got {n_per_image}")
+    rng = np.random.default_rng(seed)
+    samples = []
+    for fmap in feature_maps:
+        local = _local_features(fmap, normalize)
+        if len(local) > n_per_image:
+            local = local[np.sort(rng.choice(len(local), n_per_image, replace=False))]
+        samples.append(local)
+    if not samples:
+        raise ValueError("no feature maps given to sample local features from")
+    return np.concatenate(samples, axis=0)
+
+
+@dataclass
+class BowVocabulary:
+    """A visual vocabulary: ``centers`` (``K x C``), ``idf`` weights (``K``), ``normalize`` flag."""
+
+    centers: np.ndarray
+    idf: np.ndarray
+    normalize: bool = True
+
+    @property
+    def size(self) -> int:
+        return int(self.centers.shape[0])
+
+    def assign(self, local_features: np.ndarray) -> np.ndarray:
+        """Index of the nearest visual word for each row (hard assignment)."""
+        from sklearn.metrics import pairwise_distances_argmin
+
+        return pairwise_distances_argmin(np.asarray(local_features, dtype=np.float32),
+                                         self.centers.astype(np.float32))
+
+
+def learn_vocabulary(train_maps: Sequence, n_words: int = 256, n_per_image: int = 200,
+                     seed: int = 0, normalize: bool = True) -> BowVocabulary:
+    """Learn a visual vocabulary with scikit-learn's ``MiniBatchKMeans`` (stands in for the
+    paper's approximate k-means, Sec. 4.1) and idf weights, both on TRAINING maps only.
+
+    ``train_maps``: ``C x H x W`` conv maps of the training images (``default_train_dataset``).
+    ``idf_k = log(N / max(n_k, 1))`` with ``N`` training images and ``n_k`` of them containing
+    word ``k`` (standard tf-idf; the paper only says "BoW").
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    train_maps = list(train_maps)
+    if n_words < 2:
+        raise ValueError(f"n_words must be >= 2, got {n_words}")
+    local = sample_local_features(train_maps, n_per_image=n_per_image, seed=seed,
+                                  normalize=normalize)
+    if len(local) < n_words:
+        raise ValueError(f"only {len(local)} local features sampled from {len(train_maps)} training "
+                         f"maps, fewer than n_words={n_words}; lower n_words or raise n_per_image")
+    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=3,
+                             batch_size=max(1024, 4 * n_words))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # memory-leak note on Windows/MKL
+        kmeans.fit(local)
+    vocab = BowVocabulary(centers=kmeans.cluster_centers_.astype(np.float32),
+                          idf=np.ones(n_words), normalize=normalize)
+    counts = bow_histograms(train_maps, vocab)
+    n_containing = (counts > 0).sum(axis=0)
+    vocab.idf = np.log(len(train_maps) / np.maximum(n_containing, 1))
+    return vocab
+
+
+def bow_histograms(feature_maps: Iterable, vocabulary: BowVocabulary) -> np.ndarray:
+    """Raw word counts ``N x K`` of each map's local features (hard assignment)."""
+    rows = []
+    for fmap in feature_maps:
+        words = vocabulary.assign(_local_features(fmap, vocabulary.normalize))
+        rows.append(np.bincount(words, minlength=vocabulary.size).astype(np.float64))
+    if not rows:
+        return np.zeros((0, vocabulary.size))
+    return np.stack(rows, axis=0)
+
+
+def bow_encode(feature_maps: Iterable, vocabulary: BowVocabulary) -> np.ndarray:
+    """BoW descriptors ``N x K`` (float32): term frequencies times idf, l2-normalised (Sec. 4.1).
+
+    All entries are non-negative, so cosine similarities lie in ``[0, 1]`` as the paper assumes.
+    """
+    counts = bow_histograms(feature_maps, vocabulary)
+    tf = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    desc = tf * vocabulary.idf[None, :]
+    desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+    return desc.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layer choice on a backbone.
+# --------------------------------------------------------------------------------------------------
+
+def _depth(backbone, tap: str) -> int:
+    """Position of a tap from low (0) to high, "fc" and "logits" last."""
+    return backbone.all_taps.index(backbone.resolve(tap))
+
+
+def is_vector_tap(backbone, tap: str) -> bool:
+    """Whether a tap is a vector (fully-connected output, "fc", "logits") rather than a conv map."""
+    return backbone.stride(tap) == 0
+
+
+def stage_first_taps(backbone, n_stages: int = 3) -> list[str]:
+    """The first conv tap of each of the last ``n_stages`` resolution stages, low to high.
+
+    This is the rule behind the paper's VGG16 choice (conv3_1, conv4_1, conv5_1 are the first convs
+    of the stages at output strides 4, 8, 16) and behind :data:`PAPER_LAYERS` for backbones the paper
+    did not use (for VGG16 it gives exactly conv3_1, conv4_1, conv5_1).
+    """
+    conv = [tap for tap in backbone.layers if not is_vector_tap(backbone, tap)]
+    first_at_stride: dict[int, str] = {}
+    for tap in conv:
+        first_at_stride.setdefault(backbone.stride(tap), tap)
+    strides = sorted(first_at_stride)
+    if len(strides) < n_stages:
+        raise ValueError(f"backbone {backbone.name!r} has only {len(strides)} conv stages, "
+                         f"fewer than {n_stages}")
+    return [first_at_stride[s] for s in strides[-n_stages:]]
+
+
+def paper_layer_map(backbone) -> dict[str, str]:
+    """The paper's layer names (:data:`PAPER_LAYER_ORDER`) -> this backbone's taps, high to low.
+
+    Roles without a counterpart (``fc1`` on one-FC networks) are left out. For a backbone missing
+    from :data:`PAPER_LAYERS` the conv roles follow :func:`stage_first_taps` and ``fc2`` is "fc".
+    """
+    table = PAPER_LAYERS.get(backbone.name)
+    if table is None:
+        conv3, conv4, conv5 = stage_first_taps(backbone, 3)
+        table = {"fc1": None, "fc2": "fc", "conv5_1": conv5, "conv4_1": conv4, "conv3_1": conv3}
+    out = {}
+    for role in PAPER_LAYER_ORDER:
+        tap = table.get(role)
+        if tap is None:
+            continue
+        if tap not in backbone.all_taps:
+            raise ValueError(f"PAPER_LAYERS[{backbone.name!r}][{role!r}] = {tap!r} is not a tap of the "
+                             f"backbone; its taps are {backbone.all_taps}")
+        out[role] = tap
+    return out
+
+
+#: The paper's two-layer choice per backbone (Table 8): fc2 + conv4 for AlexNet, fc1 + c5_1 for
+#: VGG16. Other backbones (one fully-connected layer) use fc2 + conv5_1, following VGG16.
+PAPER_DEFAULT_LAYERS = {"alexnet": ("fc2", "conv4_1"), "vgg16": ("fc1", "conv5_1")}
+DEFAULT_LAYERS = ("fc2", "conv5_1")
+
+
+def default_layers(backbone_name: str) -> tuple[str, ...]:
+    """The paper's default two-layer combination for a backbone, high layer first."""
+    return PAPER_DEFAULT_LAYERS.get(backbone_name, DEFAULT_LAYERS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation helpers for the notebook (grids of t and p, per-metric summaries).
+# --------------------------------------------------------------------------------------------------
+
+def headline_metrics(results: dict) -> dict[str, float]:
+    """The numbers to tabulate from :func:`helpers.evaluate.evaluate_scores`'s results:
+    ``mAP_E``, ``mAP_M``, ``mAP_H`` (revisited protocol), else ``mAP`` (and ``NS`` for UKBench)."""
+    if all(f"mAP_{s}" in results for s in "EMH"):
+        return {f"mAP_{s}": float(results[f"mAP_{s}"]) for s in "EMH"}
+    out = {"mAP": float(results["mAP"])}
+    if "NS_score" in results:
+        out["NS"] = float(results["NS_score"])
+    return out
+
+
+def evaluate_similarity(dataset, similarity) -> dict[str, float]:
+    """:func:`headline_metrics` of a ``n_db x n_q`` similarity matrix on ``dataset``."""
+    from .evaluate import evaluate_scores
+
+    return headline_metrics(evaluate_scores(dataset, similarity))
+
+
+def per_query_ap(dataset, similarity) -> np.ndarray:
+    """Average precision of every query (percent; the Medium setting on revisited datasets)."""
+    from .evaluate import evaluate_scores
+
+    results = evaluate_scores(dataset, similarity)
+    key = "AP_per_query_M" if "AP_per_query_M" in results else "AP_per_query"
+    return np.asarray(results[key], dtype=np.float64)
+
+
+def most_changed_query(dataset, reference_similarity, new_similarity) -> tuple[int, float]:
+    """Query whose AP gains most from ``reference`` to ``new`` (the largest loss if none gains):
+    ``(query index, AP difference)``. Ties go to the lowest index; queries without AP are skipped."""
+    gain = per_query_ap(dataset, new_similarity) - per_query_ap(dataset, reference_similarity)
+    gain = np.where(np.isfinite(gain), gain, np.nan)
+    if np.all(np.isnan(gain)):
+        raise ValueError("no query has an average precision (no positives)")
+    if np.nanmax(gain) > 0:
+        index = int(np.nanargmax(gain))
+    else:
+        index = int(np.nanargmin(gain))
+    return index, float(gain[index])
+
+
+def fusion_grid(dataset, high_similarity, low_similarity, thresholds: Sequence[float],
+                exponents: Sequence[float]) -> dict[str, np.ndarray]:
+    """Fig. 3(b)-(d): metrics of the two-layer fusion (eq. 2) over a grid of the high layer's ``t``
+    (rows) and ``p`` (columns); the low layer keeps ``t = 1``. Returns ``{metric: len(t) x len(p)}``.
+    Row ``t = 1`` (or column ``p = 1``) is direct concatenation (eq. 1)."""
+    thresholds, exponents = list(thresholds), list(exponents)
+    if not thresholds or not exponents:
+        raise ValueError("fusion_grid needs at least one threshold and one exponent")
+    grid: dict[str, np.ndarray] = {}
+    for a, t in enumerate(thresholds):
+        for b, p in enumerate(exponents):
+            fused = fused_similarity([high_similarity, low_similarity], (t, 1.0), (p, 1.0))
+            for name, value in evaluate_similarity(dataset, fused).items():
+                grid.setdefault(name, np.full((len(thresholds), len(exponents)), np.nan))[a, b] = value
+    return grid
+
+
+def prefetch_features(dataset, backbone, image_size: int, split: str, map_taps: Sequence[str],
+                      vector_taps: Sequence[str]) -> None:
+    """Fill the feature cache for several taps in ONE pass of the backbone.
+
+    ``helpers.features.extract_maps`` / ``extract_vectors`` run one pass per call; a multi-layer
+    method asks for up to five taps, so on a cold cache this saves up to four passes over the
+    dataset. ``map_taps`` get cached maps (as ``extract_maps``), ``vector_taps`` cached pooled
+    vectors only (as ``extract_vectors``). Uses the private ``_run_extraction`` of
+    ``helpers.features``; if that is unavailable this does nothing (the per-tap calls then do the
+    work). The results are identical either way: only the number of passes changes.
+    """
+    try:
+        from .features import _check_args, _db_alias, _entry_dir, _run_extraction
+    except ImportError:  # pragma: no cover - the core changed; fall back to one pass per tap
+        return
+    _check_args(image_size, split)
+    if _db_alias(dataset, split) is not None:
+        split = "db"  # queries are database images: the features module reads them from "db"
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    map_taps = [backbone.resolve(t) for t in map_taps]
+    vector_taps = [backbone.resolve(t) for t in vector_taps]
+    missing_maps = [t for t in map_taps if not (entry / f"{t}.maps.pt").is_file()]
+    missing_vectors = [t for t in vector_taps if not (entry / f"{t}.vectors.npz").is_file()
+                       and not (entry / f"{t}.maps.pt").is_file()]
+    if len(missing_maps) + len(missing_vectors) > 1:
+        _run_extraction(dataset, backbone, image_size, split, missing_maps, missing_vectors,
+                        desc=f"{dataset.name} {split} {','.join(missing_maps + missing_vectors)}")
+
+
+def two_layer_combinations(roles: Sequence[str]) -> list[tuple[str, str]]:
+    """Table 2 / 6: every (fc layer, conv layer) pair among ``roles`` (paper names), high first."""
+    fcs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("fc")]
+    convs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("conv")]
+    return [(f, c) for f in fcs for c in convs]
+
+
+def three_layer_combinations(high: str, roles: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Table 3 / 7: ``high`` (an fc layer) with every pair of conv layers, ordered high to low."""
+    convs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("conv")]
+    return [(high, a, b) for i, a in enumerate(convs) for b in convs[i + 1:]]
+
+
+def conv_pairs(roles: Sequence[str]) -> list[tuple[str, str]]:
+    """Table 4: every pair of conv layers, higher first."""
+    convs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("conv")]
+    return [(a, b) for i, a in enumerate(convs) for b in convs[i + 1:]]
+
+
+def single_layer_rows(dataset, similarities: dict[str, np.ndarray]) -> list[dict]:
+    """Table 1 / 5: one row per layer, ``{"layer": name, metric: value, ...}``."""
+    return [{"layer": name, **evaluate_similarity(dataset, sim)}
+            for name, sim in similarities.items()]
+
+
+def combination_rows(dataset, similarities: dict[str, np.ndarray],
+                     combinations: Iterable[Sequence[str]]) -> list[dict]:
+    """Tables 2-4 / 6-7: direct concatenation (eq. 1) against the fusion (eq. 2-3) with the
+    paper's parameters for the number of layers (:func:`paper_parameters`).
+
+    Each row: ``{"layers": "fc2+conv5_1", "concat <metric>": ..., "fused <metric>": ...}``.
+    """
+    rows = []
+    for combo in combinations:
+        sims = [similarities[name] for name in combo]
+        thresholds, exponents = paper_parameters(len(combo))
+        concat = evaluate_similarity(dataset, concatenation_similarity(sims))
+        fused = evaluate_similarity(dataset, fused_similarity(sims, thresholds, exponents))
+        row = {"layers": "+".join(combo)}
+        row.update({f"concat {k}": v for k, v in concat.items()})
+        row.update({f"fused {k}": v for k, v in fused.items()})
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The retrieval method.
+# --------------------------------------------------------------------------------------------------
+
+def _parse_layers(layers) -> tuple[str, ...]:
+    if isinstance(layers, str):
+        layers = [part.strip() for part in layers.replace("+", ",").split(",") if part.strip()]
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be distinct, got {layers}")
+    return layers
+
+
+def _as_tuple(values, what):
+    if isinstance(values, (int, float)):
+        return (float(values),)
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a number or a sequence of numbers, got {values!r}") from exc
+
+
+@register_method("multilayer")
+class MultiLayerFusion(RetrievalMethod):
+    """Multi-layer similarity fusion, registered as ``"multilayer"`` (paper 002).
+
+    Options
+    -------
+    layers : sequence of str or "a,b,..."
+        Layers from HIGH to LOW, as the paper's names (``fc1``, ``fc2``, ``conv5_1``, ``conv4_1``,
+        ``conv3_1``, mapped by :func:`paper_layer_map`) or raw tap names of the backbone. Default:
+        the paper's two-layer choice (:func:`default_layers`).
+    thresholds, exponents : sequences (one per layer)
+        ``t_i`` and ``p_i`` of eq. (3). Default: :func:`paper_parameters` (``t = 0.2, p = 0.45`` on
+        the high layer of a pair, ``t = 1`` on the lowest layer).
+    t, p : float
+        Shortcut: the HIGHEST layer's threshold / exponent (the paper's Fig. 3 knobs).
+    fusion : "mapping" (eq. 2 + 3, default) or "concat" (direct concatenation, eq. 1).
+    conv_encoding : "pooled" (default, light: ``helpers.pooling``) or "bow" (paper, Sec. 4.1:
+        tf-idf bag of words over a k-means vocabulary learned on the training dataset).
+    pooling : name in ``helpers.pooling.POOLINGS`` for ``conv_encoding="pooled"``; default "rmac",
+        chosen among MAC, GeM and R-MAC by single-layer mAP of the three conv roles on demo-train
+        (never on the evaluated set). EfficientNet/MobileNet block outputs are signed (linear
+        bottlenecks), so their pooled similarities can leave the paper's ``[0, 1]``; eq. (3) leaves
+        values below ``t`` unchanged, so this is harmless. (CroW gives NaN on signed maps.)
+    n_words, n_per_image, seed : vocabulary size, local features sampled per training image, seed
+        (``conv_encoding="bow"``).
+
+    fc layers are used directly (l2-normalised); similarities are cosine similarities per layer.
+    """
+
+    def __init__(self, backbone, image_size, layers=None, thresholds=None, exponents=None,
+                 t=None, p=None, fusion: str = "mapping", conv_encoding: str = "pooled",
+                 pooling: str = "rmac", n_words: int = 512, n_per_image: int = 200, seed: int = 0,
+                 **unknown_options):
+        super().__init__(backbone, image_size, **unknown_options)  # ValueError naming unknown options
+        from .pooling import POOLINGS
+
+        roles = _parse_layers(layers if layers is not None else default_layers(backbone.name))
+        table = paper_layer_map(backbone)
+        taps = []
+        for role in roles:
+            if role in table:
+                taps.append(table[role])
+            elif role in backbone.all_taps or role == "last_conv":
+                taps.append(backbone.resolve(role))
+            else:
+                missing = (PAPER_LAYERS.get(backbone.name, {}).get(role, "?") is None)
+                hint = (f" ({backbone.name} has no {role}: it has one fully-connected layer)"
+                        if missing else "")
+                raise ValueError(f"unknown layer {role!r} for backbone {backbone.name!r}{hint}; use one "
+                                 f"of the paper's names {list(table)} or a tap {backbone.all_taps}")
+        depths = [_depth(backbone, tap) for tap in taps]
+        if any(a <= b for a, b in zip(depths, depths[1:])):
+            order = [r for _, r in sorted(zip(depths, roles), reverse=True)]
+            raise ValueError(f"layers must go from the highest to the lowest (the thresholds t_1 <= ... "
+                             f"<= t_C follow that order, Sec. 3.1): got {list(roles)}, use {order}")
+        self.roles = roles
+        self.taps = tuple(taps)
+        self.layers = self.taps
+
+        default_t, default_p = (paper_parameters(len(roles)) if len(roles) <= 3
+                                else (None, None))
+        if thresholds is None:
+            if default_t is None:
+                raise ValueError(f"give thresholds=... for {len(roles)} layers (the paper sets 1 to 3)")
+            thresholds = default_t
+        if exponents is None:
+            if default_p is None:
+                raise ValueError(f"give exponents=... for {len(roles)} layers (the paper sets 1 to 3)")
+            exponents = default_p
+        thresholds, exponents = list(_as_tuple(thresholds, "thresholds")), list(_as_tuple(exponents, "exponents"))
+        if t is not None:
+            thresholds[0] = float(t)
+        if p is not None:
+            exponents[0] = float(p)
+        if len(thresholds) != len(roles) or len(exponents) != len(roles):
+            raise ValueError(f"need one threshold and one exponent per layer: layers {list(roles)}, "
+                             f"thresholds {thresholds}, exponents {exponents}")
+        # validate now (raises ValueError with the reason), not at search time
+        fused_similarity([np.zeros(1)] * len(roles), thresholds, exponents)
+        self.thresholds = tuple(thresholds)
+        self.exponents = tuple(exponents)
+
+        if fusion not in ("mapping", "concat"):
+            raise ValueError(f"fusion must be 'mapping' (eq. 2-3) or 'concat' (eq. 1), got {fusion!r}")
+        self.fusion = fusion
+        if conv_encoding not in ("pooled", "bow"):
+            raise ValueError(f"conv_encoding must be 'pooled' or 'bow', got {conv_encoding!r}")
+        self.conv_encoding = conv_encoding
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+        self.pooling = pooling
+        self.n_words = int(n_words)
+        self.n_per_image = int(n_per_image)
+        self.seed = int(seed)
+        self.vocabularies: dict[str, BowVocabulary] = {}
+        self.needs_training = conv_encoding == "bow" and any(
+            not is_vector_tap(backbone, tap) for tap in self.taps)
+
+    # ------------------------------------------------------------------ training (BoW only)
+    def fit(self, train_dataset):
+        """Learn one visual vocabulary per conv layer on ``train_dataset`` (BoW encoding only)."""
+        if not self.needs_training:
+            return self
+        from .features import extract_maps
+
+        todo = [tap for tap in self.taps
+                if not is_vector_tap(self.backbone, tap) and tap not in self.vocabularies]
+        prefetch_features(train_dataset, self.backbone, self.image_size, "db", todo, [])
+        for tap in todo:
+            maps = extract_maps(train_dataset, self.backbone, [tap], self.image_size, "db")[tap]
+            self.vocabularies[tap] = learn_vocabulary(maps, n_words=self.n_words,
+                                                      n_per_image=self.n_per_image, seed=self.seed)
+        return self
+
+    # ------------------------------------------------------------------ descriptors
+    def layer_vectors(self, dataset, split: str, tap: str) -> np.ndarray:
+        """l2-normalised descriptors ``N x D`` of one tap: fc output directly, conv map encoded."""
+        from .features import extract_maps, extract_vectors
+        from .whitening import l2n_np
+
+        if is_vector_tap(self.backbone, tap):
+            vectors = extract_maps(dataset, self.backbone, [tap], self.image_size, split)[tap]
+            return l2n_np(np.stack([v.numpy() for v in vectors]))
+        if self.conv_encoding == "pooled":
+            return extract_vectors(dataset, self.backbone, tap, self.image_size, split,
+                                   (self.pooling,))[self.pooling]
+        if tap not in self.vocabularies:
+            raise RuntimeError("multilayer with conv_encoding='bow' must be fit on a training dataset "
+                               "first (method.fit(load_dataset(default_train_dataset(name))))")
+        maps = extract_maps(dataset, self.backbone, [tap], self.image_size, split)[tap]
+        return bow_encode(maps, self.vocabularies[tap])
+
+    def describe(self, dataset, split: str) -> dict[str, np.ndarray]:
+        """``{tap: N x D}`` for every selected layer (split "db" or "query")."""
+        vector_taps = [tap for tap in self.taps if is_vector_tap(self.backbone, tap)]
+        conv_taps = [tap for tap in self.taps if tap not in vector_taps]
+        if self.conv_encoding == "bow":
+            vector_taps, conv_taps = vector_taps + conv_taps, []
+        prefetch_features(dataset, self.backbone, self.image_size, split, vector_taps, conv_taps)
+        return {tap: self.layer_vectors(dataset, split, tap) for tap in self.taps}
+
+    # ------------------------------------------------------------------ scoring
+    def layer_similarities(self, query_desc, db_desc) -> list[np.ndarray]:
+        """Per-layer cosine similarities ``n_db x n_q``, highest layer first."""
+        return [cosine_similarity(db_desc[tap], query_desc[tap]) for tap in self.taps]
+
+    def fuse(self, layer_similarities) -> np.ndarray:
+        """Eq. (2)-(3) (``fusion="mapping"``) or eq. (1) (``fusion="concat"``)."""
+        if self.fusion == "concat":
+            return concatenation_similarity(layer_similarities)
+        return fused_similarity(layer_similarities, self.thresholds, self.exponents)
+
+    def score(self, query_desc, db_desc) -> np.ndarray:
+        return self.fuse(self.layer_similarities(query_desc, db_desc))
+
+    def similarities(self, dataset) -> dict[str, np.ndarray]:
+        """``{paper layer name: n_db x n_q cosine similarity}`` of every selected layer on ``dataset``
+        (so that a notebook can fuse subsets with many ``t``, ``p`` without re-describing)."""
+        sims = self.layer_similarities(self.describe(dataset, "query"), self.describe(dataset, "db"))
+        return dict(zip(self.roles, sims))
+
+    def __repr__(self) -> str:
+        return (f"MultiLayerFusion(backbone={self.backbone.name!r}, layers={list(self.roles)} -> "
+                f"{list(self.taps)}, thresholds={list(self.thresholds)}, "
+                f"exponents={list(self.exponents)}, fusion={self.fusion!r}, "
+                f"conv_encoding={self.conv_encoding!r})")
+

@@ -1,0 +1,335 @@
+"""Tests of helpers.ack: Algorithm 1 codes, Algorithm 2 (dosd) and its closed form, the fast search."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import ack
+from helpers.ack import (ACKIndex, ack_codes, ack_scores, check_codes, contribution_table,
+                         dosd_closed_form, dosd_reference, dosd_scores, histogram_similarity,
+                         jaccard_scores, jaccard_similarity, kernel_brightness, kernel_frequencies,
+                         pca_scores, position_matrix_K, pseudo_gaussian_G, random_codes, rank_weights_W,
+                         response_box, search_timings)
+from helpers.pooling import POOLINGS
+
+
+def make_codes(rng, count, n, n_kernels):
+    return np.stack([rng.permutation(n_kernels)[:n] for _ in range(count)]).astype(np.uint16)
+
+
+def related_codes(rng, base, n_kernels, keep):
+    """A code sharing ``keep`` kernels with ``base`` at shuffled-nearby positions."""
+    n = len(base)
+    shared = list(base[:keep])
+    others = [k for k in rng.permutation(n_kernels) if k not in set(base.tolist())][: n - keep]
+    code = np.array(shared + others)
+    swaps = rng.integers(0, n, size=(n // 3, 2))
+    for a, b in swaps:
+        code[[a, b]] = code[[b, a]]
+    return code.astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------- K, W, G
+def test_matrices_follow_algorithm_2_definitions():
+    n = 4
+    K = position_matrix_K(n)
+    W = rank_weights_W(n)
+    G = pseudo_gaussian_G(n)
+    assert np.allclose(K, [[1, .75, .5, .25], [.75, 1, .75, .5], [.5, .75, 1, .75], [.25, .5, .75, 1]])
+    assert np.allclose(K, K.T)
+    assert np.allclose(W, [1, .75, .5, .25])
+    for i in range(n):
+        for j in range(n):
+            assert G[i, j] == pytest.approx((1 - abs(i - j) / n) * (n - i) / n)
+    # the pseudo-Gaussian peaks at (0, 0) and decreases along rows and down the diagonal (Fig. 4)
+    assert G.argmax() == 0 and np.all(np.diff(np.diag(G)) < 0)
+
+
+def test_contribution_table_is_n_squared_times_algorithm_2_score():
+    n = 7
+    G = pseudo_gaussian_G(n)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    assert np.allclose(contribution_table(n), n * n * (n - np.abs(i - j)) * G)
+    assert contribution_table(n).dtype == np.int64
+
+
+# ---------------------------------------------------------------------------------- dosd
+def test_dosd_hand_computed_example():
+    # n = 3, A = (5, 1, 9), B = (1, 5, 7): matches a_0 = b_1 and a_1 = b_0
+    # s(0, 1) = (3 - 1) * (1 - 1/3) * 3/3 = 4/3 ; s(1, 0) = (3 - 1) * (1 - 1/3) * 2/3 = 8/9
+    # Sum_max = 3 * 4 / 2 = 6  ->  dosd = (4/3 + 8/9) / 6 = 10/27
+    assert dosd_reference([5, 1, 9], [1, 5, 7]) == pytest.approx(10 / 27)
+    assert dosd_closed_form([5, 1, 9], [1, 5, 7]) == pytest.approx(10 / 27)
+    # w weights the positions of A (the query), so dosd is not symmetric:
+    # A = (1, 2, 3), B = (4, 5, 1): s(0, 2) = 1 * 1/3 * 1 -> 1/18; swapped: s(2, 0) = 1 * 1/3 * 1/3 -> 1/54
+    assert dosd_reference([1, 2, 3], [4, 5, 1]) == pytest.approx(1 / 18)
+    assert dosd_reference([4, 5, 1], [1, 2, 3]) == pytest.approx(1 / 54)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_identical_codes_score_one_and_disjoint_zero(n):
+    rng = np.random.default_rng(n)
+    a = rng.permutation(100)[:n]
+    assert dosd_reference(a, a) == pytest.approx(1.0)
+    assert dosd_closed_form(a, a) == pytest.approx(1.0)
+    b = np.setdiff1d(np.arange(100), a)[:n]
+    assert dosd_reference(a, b) == 0.0 and dosd_closed_form(a, b) == 0.0
+    assert jaccard_similarity(a, a) == 1.0 and jaccard_similarity(a, b) == 0.0
+
+
+def test_reference_and_closed_form_of_step_18_agree():
+    rng = np.random.default_rng(0)
+    for n, n_kernels in [(3, 5), (8, 10), (20, 64), (33, 40)]:
+        for _ in range(20):
+            a = rng.permutation(n_kernels)[:n]
+            b = rng.permutation(n_kernels)[:n]
+            assert dosd_closed_form(a, b) == pytest.approx(dosd_reference(a, b), abs=1e-12)
+            assert 0.0 <= dosd_reference(a, b) <= 1.0
+
+
+def test_dosd_is_position_sensitive_and_jaccard_is_not():
+    a = np.arange(10)
+    shifted = np.roll(a, 3)
+    assert jaccard_similarity(a, shifted) == 1.0
+    assert dosd_reference(a, shifted) < 1.0
+    # a match at the query's front counts more than one at its back
+    front = np.array([0, 20, 21, 22, 23, 24, 25, 26, 27, 28])
+    back = np.array([20, 21, 22, 23, 24, 25, 26, 27, 28, 9])
+    assert dosd_reference(a, front) > dosd_reference(a, back) > 0
+
+
+def test_jaccard_definition():
+    assert jaccard_similarity([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(2 / 6)
+
+
+# ---------------------------------------------------------------------------------- search
+def test_vectorised_search_equals_reference_random_and_related():
+    rng = np.random.default_rng(1)
+    n, n_kernels = 24, 60
+    db = make_codes(rng, 50, n, n_kernels)
+    db[10] = related_codes(rng, db[3], n_kernels, keep=18)
+    queries = make_codes(rng, 7, n, n_kernels)
+    queries[0] = db[3]
+    queries[1] = related_codes(rng, db[3], n_kernels, keep=20)
+    reference = np.array([[dosd_reference(q, d) for q in queries] for d in db])
+    scores = dosd_scores(queries, db, n_kernels)
+    assert scores.shape == (50, 7)
+    np.testing.assert_allclose(scores, reference, atol=1e-12)
+    assert scores[3, 0] == 1.0
+    # chunked multi-query path and the one-query path give the same numbers
+    index = ACKIndex(db, n_kernels)
+    np.testing.assert_allclose(index.dosd(queries, query_chunk=3), reference, atol=1e-12)
+    for m in range(3):
+        np.testing.assert_allclose(index.dosd(queries[m])[:, 0], reference[:, m], atol=1e-12)
+    jac = np.array([[jaccard_similarity(q, d) for q in queries] for d in db])
+    np.testing.assert_allclose(jaccard_scores(queries, db, n_kernels), jac, atol=1e-12)
+
+
+def test_search_exact_at_benchmark_size_n256_c1280():
+    # n = 256 is where n^3 (n+1) / 2 just exceeds the int32 range: the sums must stay exact
+    rng = np.random.default_rng(2)
+    n, n_kernels = 256, 1280
+    db = make_codes(rng, 6, n, n_kernels)
+    db[1] = related_codes(rng, db[0], n_kernels, keep=200)
+    query = db[0].copy()
+    reference = np.array([dosd_reference(query, d) for d in db])
+    got = ACKIndex(db, n_kernels).dosd(query)[:, 0]
+    np.testing.assert_allclose(got, reference, atol=1e-6)
+    assert got[0] == 1.0
+    np.testing.assert_allclose(ACKIndex(db, n_kernels).dosd(np.stack([query, db[1]]))[:, 0], reference, atol=1e-6)
+
+
+def test_search_uint64_sums_for_long_codes():
+    rng = np.random.default_rng(3)
+    n, n_kernels = 320, 400  # n^3 (n+1) / 2 > 2^32
+    db = make_codes(rng, 3, n, n_kernels)
+    index = ACKIndex(db, n_kernels)
+    assert index.dosd_sums(db[:1]).dtype == np.uint64
+    assert index.dosd(db[0])[0, 0] == 1.0
+    assert index.dosd(db[0])[1, 0] == pytest.approx(dosd_closed_form(db[0], db[1]), abs=1e-12)
+
+
+def test_search_without_torch_path_for_many_kernels():
+    rng = np.random.default_rng(4)
+    n, n_kernels = 10, 40000  # indices >= 2^15 cannot use the int16 view
+    db = make_codes(rng, 20, n, n_kernels)
+    db[5, :5] = db[0, :5]
+    index = ACKIndex(db, n_kernels)
+    assert index._torch_codes is None
+    reference = np.array([dosd_reference(db[0], d) for d in db])
+    np.testing.assert_allclose(index.dosd(db[0])[:, 0], reference, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_kernels", [60, 40000])  # torch path, numpy path
+def test_search_in_blocks_on_several_threads_equals_reference(monkeypatch, n_kernels):
+    rng = np.random.default_rng(9)
+    db = make_codes(rng, 45, 12, n_kernels)
+    db[30, :8] = db[0, :8]
+    monkeypatch.setattr(ack, "_BLOCK", 7)  # 7 blocks, some of them ragged
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = ACKIndex(db, n_kernels).dosd(db[0])[:, 0]
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(got, [dosd_reference(db[0], d) for d in db], atol=1e-12)
+
+
+def test_index_memory_is_two_bytes_per_kernel_index():
+    db = make_codes(np.random.default_rng(5), 100, 256, 1280)
+    index = ACKIndex(db, 1280)
+    assert index.nbytes == 100 * 256 * 2
+    assert index.codes_by_position.dtype == np.uint16
+    np.testing.assert_array_equal(index.codes, db)
+
+
+def test_search_rejects_bad_codes():
+    db = make_codes(np.random.default_rng(6), 5, 8, 20)
+    index = ACKIndex(db, 20)
+    with pytest.raises(ValueError, match="length"):
+        index.dosd(np.arange(7))
+    with pytest.raises(ValueError, match="repeats"):
+        index.dosd([1, 1, 2, 3, 4, 5, 6, 7])
+    with pytest.raises(ValueError, match="n_kernels"):
+        index.dosd([1, 2, 3, 4, 5, 6, 7, 25])
+    with pytest.raises(ValueError, match="n_kernels"):
+        ACKIndex(db, 0)
+    with pytest.raises(ValueError, match="integer"):
+        check_codes([0.5, 1.0])
+    with pytest.raises(ValueError, match="same length"):
+        dosd_reference([1, 2], [1, 2, 3])
+
+
+# ---------------------------------------------------------------------------------- Algorithm 1
+def test_ack_codes_rank_kernels_brightest_first():
+    b = np.array([0.1, 0.9, 0.3, 0.9, 0.0])
+    code = ack_codes(b, 3)
+    assert code.dtype == np.uint16
+    np.testing.assert_array_equal(code, [1, 3, 2])  # tie 0.9/0.9 broken by the lower index
+    batch = ack_codes(torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]]), 2)
+    np.testing.assert_array_equal(batch, [[2, 1], [0, 2]])
+    # scaling (e.g. l2-normalisation) does not change a code
+    np.testing.assert_array_equal(ack_codes(b * 7.5, 5), ack_codes(b, 5))
+
+
+def test_ack_codes_reject_bad_input():
+    with pytest.raises(ValueError, match="n must be"):
+        ack_codes(np.ones(4), 5)
+    with pytest.raises(ValueError, match="n must be"):
+        ack_codes(np.ones(4), 0)
+    with pytest.raises(ValueError, match="finite"):
+        ack_codes(np.array([1.0, np.nan]), 1)
+    with pytest.raises(ValueError, match="shape"):
+        ack_codes(np.ones((2, 2, 2)), 1)
+
+
+def test_kernel_brightness_is_the_global_pooling_of_each_channel():
+    x = torch.rand(2, 6, 5, 7)
+    for name, fn in POOLINGS.items():
+        torch.testing.assert_close(kernel_brightness(x, name), fn(x))
+    assert torch.equal(kernel_brightness(x, "mac")[0], x[0].flatten(1).amax(1))
+    with pytest.raises(ValueError, match="brightening"):
+        kernel_brightness(x, "median")
+
+
+def test_kernel_frequencies_count_codes_per_kernel():
+    counts = kernel_frequencies([[0, 2], [2, 3], [3, 0]], 5)
+    np.testing.assert_array_equal(counts, [2, 0, 2, 2, 0])
+
+
+# ---------------------------------------------------------------------------------- analysis helpers
+def test_response_box_surrounds_the_strongest_connected_region():
+    amap = np.zeros((10, 20))
+    amap[2:4, 5:8] = 1.0       # strongest blob
+    amap[3, 6] = 2.0
+    amap[8, 15] = 0.9          # a separate weaker blob above 0.5 * max? no: 0.9 < 1.0
+    amap[8, 1] = 1.5           # above threshold but not connected to the peak
+    box = response_box(amap, (100, 200), rel_threshold=0.5)
+    # cells x 5..7, y 2..3 (values >= 1.0), each cell 10 x 10 pixels
+    assert box == [50.0, 20.0, 80.0, 40.0]
+    assert response_box(torch.ones(4, 4), (8, 8)) == [0.0, 0.0, 8.0, 8.0]
+    with pytest.raises(ValueError, match="2-D"):
+        response_box(np.ones(3), (4, 4))
+
+
+def test_histogram_similarity():
+    assert histogram_similarity([1, 0, 2], [2, 0, 4]) == pytest.approx(1.0)
+    assert histogram_similarity([1, 0], [0, 3]) == 0.0
+    assert histogram_similarity([0, 0], [1, 1]) == 0.0
+
+
+def test_pca_scores_match_a_manual_projection():
+    rng = np.random.default_rng(7)
+    train, q, db = rng.normal(size=(40, 8)), rng.normal(size=(3, 8)), rng.normal(size=(10, 8))
+    got = pca_scores(train, q, db, 3)
+    mean = train.mean(0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    P = vt[:3].T
+
+    def proj(X):
+        Y = (X - mean) @ P
+        return Y / np.linalg.norm(Y, axis=1, keepdims=True)
+
+    np.testing.assert_allclose(got, proj(db) @ proj(q).T, atol=1e-8)  # signs cancel in the product
+    with pytest.raises(ValueError, match="more than"):
+        pca_scores(train[:3], q, db, 3)
+
+
+def test_random_codes_are_valid_codes():
+    codes = random_codes(50, 16, 40, seed=1, chunk=7)
+    assert codes.shape == (50, 16) and codes.dtype == np.uint16
+    check_codes(codes, 40)
+    assert len({tuple(c) for c in codes}) == 50
+
+
+def test_ack_scores_and_search_timings():
+    rng = np.random.default_rng(8)
+    db = make_codes(rng, 30, 12, 50)
+    np.testing.assert_array_equal(ack_scores(db[:2], db, 50), dosd_scores(db[:2], db, 50))
+    np.testing.assert_array_equal(ack_scores(db[:2], db, 50, "jaccard"), jaccard_scores(db[:2], db, 50))
+    with pytest.raises(ValueError, match="metric"):
+        ack_scores(db[:2], db, 50, "l2")
+    t = search_timings(n_db=2000, n=32, n_kernels=128, float_dim=64, reference_pairs=5, repeats=1)
+    assert t["max_abs_diff_vs_algorithm2"] < 1e-9
+    assert t["codes_bytes"] == 2000 * 32 * 2 and t["float_bytes"] == 2000 * 64 * 4
+    assert all(t[k] > 0 for k in ("ack_dosd_ms", "float_matmul_ms", "algorithm2_ms_per_image"))
+
+
+# ---------------------------------------------------------------------------------- method
+def test_method_options_are_validated(backbone):
+    from helpers.methods import make_method
+
+    method = make_method("ack", backbone, 224)
+    assert method.n == 256 and method.brightening == "gem" and method.layer == backbone.last_conv
+    assert make_method("ack", backbone, 224, layer="block0").n == backbone.channels("block0")
+    with pytest.raises(ValueError, match="brightening"):
+        make_method("ack", backbone, 224, brightening="max")
+    with pytest.raises(ValueError, match="exceeds"):
+        make_method("ack", backbone, 224, n=5000)
+    with pytest.raises(ValueError, match="metric"):
+        make_method("ack", backbone, 224, metric="cosine")
+    with pytest.raises(ValueError, match="conv layer"):
+        make_method("ack", backbone, 224, layer="fc")
+
+
+def test_method_end_to_end_on_real_photos(photo_folder, isolated_cache, backbone):
+    from helpers.data import load_dataset
+    from helpers.evaluate import evaluate_scores
+    from helpers.methods import make_method
+
+    dataset = load_dataset(f"folder:{photo_folder}")
+    method = make_method("ack", backbone, 96, n=64)
+    codes = method.describe(dataset, "db")
+    assert codes.shape == (dataset.n_db, 64) and codes.dtype == np.uint16
+    scores = method.search(dataset)
+    assert scores.shape == (dataset.n_db, dataset.n_queries)
+    assert np.all((scores >= 0) & (scores <= 1))
+    # a query that is a database image scores 1 against itself
+    for q, name in enumerate(dataset.qimlist):
+        if name in dataset.imlist:
+            assert scores[dataset.imlist.index(name), q] == pytest.approx(1.0)
+    result = evaluate_scores(dataset, scores)
+    assert result["mAP"] > 50.0  # crops and flips of 4 distinct photos are easy
+    jac = make_method("ack", backbone, 96, n=64, metric="jaccard").search(dataset)
+    assert jac.shape == scores.shape

@@ -1,0 +1,402 @@
+"""Tests of helpers.actnet (ACTNET, paper 001): activations against the paper's derivatives, streams, head, training."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import actnet
+from helpers.actnet import (
+    ACTNetHead, AggregationStream, ExpActivation, PowerNormalisation, SinHActivation, TrainingConfig,
+    WeibullActivation, average_pool_packed, exp_activation, exp_partials, histogram_kl_divergence,
+    inverse_softplus, make_activation, mine_hard_triplets, pack_maps, pair_distances, pca_whitening_parameters,
+    sinh_activation, sinh_partials, train_head, triplet_loss, weibull_activation, weibull_partials,
+    weibull_partials_as_printed, weibull_peak,
+)
+
+torch.set_num_threads(1)
+
+
+def _autograd_partials(fn, x, params):
+    """Element-wise partial derivatives by reverse-mode autograd, one element at a time (independent of
+    helpers.actnet.autograd_partials, which is checked against this)."""
+    x = x.clone().requires_grad_(True)
+    leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    out = {}
+    (gx,) = torch.autograd.grad(fn(x, **leaves).sum(), x)  # element-wise function: diagonal Jacobian
+    out["x"] = gx
+    for name in params:
+        out[name] = torch.stack([torch.autograd.grad(fn(x, **leaves)[i], leaves[name])[0] for i in range(x.numel())])
+    return out
+
+
+X_POS = torch.tensor([0.05, 0.3, 0.7, 1.0, 1.6, 2.5], dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ closed forms vs autograd
+
+
+def test_inverse_softplus_roundtrip():
+    for v in (1e-3, 0.5, 1.0, 3.0, 40.0):
+        assert F.softplus(torch.tensor(inverse_softplus(v), dtype=torch.float64)).item() == pytest.approx(v, rel=1e-9)
+    with pytest.raises(ValueError):
+        inverse_softplus(0.0)
+
+
+def test_sinh_derivatives_eqs_3_to_5():
+    params = {"alpha": 0.7, "beta": 1.9}
+    auto = _autograd_partials(sinh_activation, X_POS, params)
+    closed = sinh_partials(X_POS, **params)
+    for k in ("x", "alpha", "beta"):
+        torch.testing.assert_close(auto[k], closed[k], rtol=1e-10, atol=1e-12)
+    # eq. 2 itself, from the definition of sinh
+    expected = 0.7 * (np.exp(1.9 * X_POS.numpy()) - np.exp(-1.9 * X_POS.numpy())) / 2
+    np.testing.assert_allclose(sinh_activation(X_POS, 0.7, 1.9).numpy(), expected, rtol=1e-12)
+
+
+def test_exp_derivatives_eqs_7_to_9_with_eq9_as_beta_derivative():
+    params = {"alpha": 1.3, "beta": 0.8}
+    auto = _autograd_partials(exp_activation, X_POS, params)
+    closed = exp_partials(X_POS, **params)
+    for k in ("x", "alpha", "beta"):
+        torch.testing.assert_close(auto[k], closed[k], rtol=1e-10, atol=1e-12)
+    # eq. 9's right-hand side alpha x exp(beta x) is d/d beta; it is not the second x-derivative (its label)
+    second_x = 1.3 * 0.8**2 * torch.exp(0.8 * X_POS)
+    assert not torch.allclose(closed["beta"], second_x)
+
+
+@pytest.mark.parametrize("beta,zeta", [(3.0, 2.0), (1.5, 0.7), (2.4, 3.3)])
+def test_weibull_derivatives_eqs_12_to_17(beta, zeta):
+    params = {"alpha": 0.9, "beta": beta, "gamma": 1.2, "zeta": zeta}
+    fn = lambda x, **p: weibull_activation(x, eps=1e-12, **p)  # noqa: E731 (x > eps: no clamping)
+    auto = _autograd_partials(fn, X_POS, params)
+    closed = weibull_partials(X_POS, **params)
+    for k in ("x", "alpha", "beta", "gamma", "zeta"):
+        torch.testing.assert_close(auto[k], closed[k], rtol=1e-9, atol=1e-12)
+
+
+def test_printed_eq17_is_wrong_and_corrected_form_matches_finite_differences():
+    params = {"alpha": 0.9, "beta": 3.0, "gamma": 1.2, "zeta": 2.0}  # integer zeta so the printed form is real
+    printed = weibull_partials_as_printed(X_POS, **params)["zeta"]
+    corrected = weibull_partials(X_POS, **params)["zeta"]
+    h = 1e-6
+    up = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 + h, eps=1e-12)
+    down = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 - h, eps=1e-12)
+    numeric = (up - down) / (2 * h)
+    torch.testing.assert_close(corrected, numeric, rtol=1e-6, atol=1e-9)
+    assert (printed - numeric).abs().max() > 1e-2
+
+
+def test_gradcheck_activation_modules_float64():
+    torch.manual_seed(0)
+    x = (torch.rand(2, 3, 4, dtype=torch.float64) * 2 + 0.01).requires_grad_(True)
+    for module in (SinHActivation(0.8, 1.5), ExpActivation(1.2, 0.9), WeibullActivation(0.9, 2.5, 1.1, 1.7)):
+        module = module.double()
+        params = tuple(module.parameters())
+
+        def fn(x_, *raw, module=module, params=params):
+            saved = [p.data.clone() for p in params]
+            for p, r in zip(params, raw):
+                p.data = r.data
+            # functional call so gradcheck sees the raw parameters as inputs
+            out = torch.func.functional_call(module, {n: r for (n, _), r in zip(module.named_parameters(), raw)}, (x_,))
+            for p, s in zip(params, saved):
+                p.data = s
+            return out
+
+        raw = tuple(p.detach().clone().requires_grad_(True) for p in params)
+        assert torch.autograd.gradcheck(fn, (x,) + raw, eps=1e-6, atol=1e-5)
+
+
+def test_weibull_peak_eq11():
+    for beta, gamma, zeta in [(3.0, 1.0, 2.0), (1.8, 0.6, 1.3), (4.0, 2.0, 0.9)]:
+        x = torch.linspace(1e-4, 8, 200001, dtype=torch.float64)
+        y = weibull_activation(x, 1.0, beta, gamma, zeta, eps=1e-12)
+        x0 = weibull_peak(beta, gamma, zeta)
+        assert x[int(torch.argmax(y))].item() == pytest.approx(x0, abs=1e-3)
+        dx = weibull_partials(torch.tensor([x0], dtype=torch.float64), 1.0, beta, gamma, zeta)["x"]
+        assert abs(dx.item()) < 1e-10
+    m = WeibullActivation(alpha=1.0, beta=3.0, gamma=1.0, zeta=2.0)
+    assert m.peak() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_weibull_finite_at_zero_with_shape_below_two():
+    m = WeibullActivation(alpha=1.0, beta=1.3, gamma=1.0, zeta=2.0)
+    x = torch.tensor([0.0, 0.0, 0.5, 3.0], requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert y[0].item() == pytest.approx((1e-6) ** 0.3, rel=1e-3)  # (eps / alpha)^(beta - 1)
+
+
+def test_constraints_keep_parameters_in_range():
+    m = WeibullActivation()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(-10.0)
+    v = m.values_dict()
+    assert v["beta"] > 1.0 and v["alpha"] > 0 and v["gamma"] > 0 and v["zeta"] > 0
+    with torch.no_grad():
+        m.raw_beta.fill_(-100.0)  # float32 rounds 1 + softplus(-100) to exactly 1: still finite at 0
+    y = m(torch.tensor([0.0, 0.5]))
+    assert torch.isfinite(y).all() and m.values_dict()["beta"] >= 1.0
+    s = SinHActivation()
+    with torch.no_grad():
+        s.raw_beta.fill_(-30.0)
+    assert s.values_dict()["beta"] > 0
+    with pytest.raises(ValueError, match="beta must be > 1"):
+        WeibullActivation(beta=0.5)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        SinHActivation(alpha=-1.0)
+
+
+def test_make_activation_and_errors():
+    assert isinstance(make_activation("exp", beta=2.0), ExpActivation)
+    assert make_activation("exp", beta=2.0).values_dict()["beta"] == pytest.approx(2.0, rel=1e-5)
+    x = torch.rand(5)
+    assert torch.equal(make_activation("identity")(x), x)
+    with pytest.raises(ValueError, match="unknown activation"):
+        make_activation("relu")
+    with pytest.raises(ValueError, match="no parameter"):
+        make_activation("sinh", gamma=1.0)
+
+
+def test_exp_activation_does_not_overflow():
+    y = exp_activation(torch.tensor([1e4]), 1.0, 5.0)
+    assert torch.isfinite(y).all()
+
+
+# --------------------------------------------------------------------------- streams, head
+
+
+def test_power_normalisation_eq20():
+    pn = PowerNormalisation(p=0.5, lam=2.0)
+    z = torch.tensor([[0.25, 4.0, 9.0]])
+    torch.testing.assert_close(pn(z), torch.tensor([[1.0, 4.0, 6.0]]), rtol=1e-5, atol=1e-6)
+    fixed = PowerNormalisation(learnable=False)
+    assert torch.equal(fixed(z), z) and len(list(fixed.parameters())) == 0
+
+
+def test_packed_average_pooling_eq19_and_stream_eq21():
+    torch.manual_seed(0)
+    maps = [torch.randn(4, 3, 5), torch.randn(4, 2, 2), torch.randn(4, 6, 1)]
+    packed = pack_maps(maps)
+    # identity theta: the mean of the rectified maps
+    torch.testing.assert_close(average_pool_packed(lambda v: v, packed),
+                               torch.stack([torch.relu(m).mean(dim=(1, 2)) for m in maps]))
+    act = SinHActivation(alpha=0.5, beta=2.0)
+    stream = AggregationStream(act, PowerNormalisation(p=0.7, lam=1.5), input_scale=2.0)
+    expected = torch.stack([1.5 * (0.5 * torch.sinh(2.0 * torch.relu(m) / 2.0)).mean(dim=(1, 2)).clamp(min=1e-8) ** 0.7
+                            for m in maps])
+    torch.testing.assert_close(stream(maps), expected, rtol=1e-5, atol=1e-6)
+    # N x C x H x W input (dense path) gives the same as a list of maps (sparse path)
+    batch = torch.randn(3, 4, 2, 2)
+    torch.testing.assert_close(stream(batch), stream(list(batch)))
+    with pytest.raises(ValueError, match="same C"):
+        pack_maps([torch.randn(3, 2, 2), torch.randn(4, 2, 2)])
+
+
+@pytest.mark.parametrize("kind", ["identity", "sinh", "exp", "weibull"])
+def test_sparse_packing_equals_dense_pooling_including_theta_of_zero(kind):
+    torch.manual_seed(1)
+    maps = [torch.randn(6, 4, 3), torch.randn(6, 5, 5)]
+    stream = AggregationStream(make_activation(kind), PowerNormalisation(p=0.6, lam=1.2), input_scale=1.5)
+    dense = torch.stack([stream.power_norm(stream.activate(m).mean(dim=(1, 2))) for m in maps])
+    torch.testing.assert_close(stream(maps), dense, rtol=1e-5, atol=1e-6)
+    if kind == "weibull":  # theta(0) = (eps/alpha)^(beta-1) != 0 is counted for every non-positive cell
+        assert stream.activation(torch.zeros(1)).item() > 0
+
+
+def test_pca_whitening_layer_whitens_training_descriptors():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)) @ rng.normal(size=(8, 8)) + 3.0
+    w, b = pca_whitening_parameters(x, dim=6)
+    y = x @ w.T + b
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(6), atol=1e-3)
+    with pytest.raises(ValueError, match="cannot keep 6 whitened dimensions"):
+        pca_whitening_parameters(x[:5], dim=6)
+
+
+def _toy_maps(n_instances=6, per_instance=3, channels=(5, 7), seed=0):
+    """Random non-negative maps where images of one instance share a sparse strong pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    maps = {f"l{k}": [] for k in range(len(channels))}
+    labels = []
+    for inst in range(n_instances):
+        protos = [torch.rand(c, 1, 1, generator=g) for c in channels]
+        for _ in range(per_instance):
+            h, w = int(torch.randint(3, 6, (1,), generator=g)), int(torch.randint(3, 6, (1,), generator=g))
+            for k, c in enumerate(channels):
+                noise = torch.rand(c, h, w, generator=g) * 1.5
+                peak = (torch.rand(1, h, w, generator=g) > 0.8).float() * protos[k] * 3
+                maps[f"l{k}"].append(noise + peak)
+            labels.append(inst)
+    return maps, labels
+
+
+def test_head_outputs_unit_vectors_and_checks_inputs():
+    maps, labels = _toy_maps()
+    head = ACTNetHead(["l0", "l1"], [5, 7], activation="weibull")
+    head.init_input_scales(maps)
+    head.init_whitening(maps, dim=6)
+    out = head(maps)
+    assert out.shape == (len(labels), 6)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(len(labels)))
+    with pytest.raises(KeyError, match="missing"):
+        head({"l0": maps["l0"]})
+    with pytest.raises(ValueError, match="one channel count per layer"):
+        ACTNetHead(["a", "b"], [3])
+
+
+def test_triplet_loss_eq23():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # squared distances 2 and 0
+    n = torch.tensor([[-1.0, 0.0], [0.6, 0.8]])  # squared distances 4 and 0.4
+    # 1/2 max(0, 0.1 + 2 - 4) = 0 ; 1/2 max(0, 0.1 + 0 - 0.4) = 0 ; margin 2.5: 0.25 and 1.05
+    assert triplet_loss(a, p, n, 0.1).item() == pytest.approx(0.0)
+    assert triplet_loss(a, p, n, 2.5).item() == pytest.approx((0.25 + 1.05) / 2)
+
+
+def test_mine_hard_triplets_picks_nearest_non_match():
+    desc = np.array([[0.0, 0.0], [0.1, 0.0], [0.05, 0.2], [3.0, 0.0], [3.1, 0.0]])
+    labels = [0, 0, 1, 2, 2]
+    triplets = mine_hard_triplets(desc, labels, margin=0.1, rng=np.random.default_rng(0))
+    as_dict = {int(q): (int(m), int(n)) for q, m, n in triplets}
+    assert as_dict[0] == (1, 2) and as_dict[1] == (0, 2)  # image 2 (other instance) is the hardest negative
+    assert 3 not in as_dict and 4 not in as_dict  # far from every negative: no loss, not kept
+    assert 2 not in as_dict  # instance with a single image: no match
+    everything = mine_hard_triplets(desc, labels, margin=0.1, keep_all=True)
+    assert sorted(everything[:, 0].tolist()) == [0, 1, 3, 4]
+
+
+def test_training_decreases_loss_on_random_tensors():
+    maps, labels = _toy_maps(seed=1)
+    head = ACTNetHead(["l0", "l1"], [5, 7], activation="weibull")
+    head.init_input_scales(maps)
+    head.init_whitening(maps, dim=8)
+    before = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    history = train_head(head, maps, labels, TrainingConfig(epochs=6, lr=0.05, triplets_per_batch=4, seed=0))
+    assert len(history["objective"]) == 7
+    assert history["objective"][-1] < history["objective"][0]
+    changed = [k for k, v in head.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("activation" in k for k in changed) and any("power_norm" in k for k in changed)
+    assert any("whitening" in k for k in changed)
+    assert not any("input_scale" in k for k in changed)  # fixed buffer
+
+
+def test_pair_distances_and_kl_divergence():
+    q = np.array([[1.0, 0.0]])
+    db = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.8, 0.6]])
+    gnd = [{"easy": [0], "hard": [3], "junk": [1]}]
+    m, n = pair_distances(q, db, gnd)
+    np.testing.assert_allclose(sorted(m), sorted([0.0, math.sqrt(0.04 + 0.36)]))
+    np.testing.assert_allclose(n, [2.0])
+    rng = np.random.default_rng(0)
+    same = histogram_kl_divergence(rng.uniform(0.5, 1.5, 5000), rng.uniform(0.5, 1.5, 5000))
+    apart = histogram_kl_divergence(rng.uniform(0.2, 0.6, 5000), rng.uniform(1.2, 1.6, 5000))
+    assert same < 0.05 < 1.0 < apart
+    with pytest.raises(ValueError):
+        histogram_kl_divergence(np.array([]), np.array([1.0]))
+
+
+def test_head_without_whitening_and_stream_balance():
+    maps, labels = _toy_maps()
+    head = ACTNetHead(["l0", "l1"], [5, 7], activation="exp", whiten=False)
+    head.init_input_scales(maps)
+    head.init_stream_balance(maps)
+    for layer in ("l0", "l1"):
+        assert head.stream(layer)(maps[layer]).norm(dim=1).mean().item() == pytest.approx(1.0, rel=1e-4)
+    out = head(maps)
+    assert out.shape == (len(labels), 12) and head.out_dim == 12
+    torch.testing.assert_close(out, F.normalize(head.aggregate(maps), dim=1))
+    with pytest.raises(ValueError, match="whiten=False"):
+        head.init_whitening(maps)
+
+
+def test_response_map_strongest_cells_and_pooling_distances():
+    fmap = torch.zeros(3, 4, 5)
+    fmap[0, 1, 2], fmap[1, 3, 4], fmap[2, 0, 0] = 5.0, 2.0, -7.0
+    r = actnet.response_map(fmap)
+    assert r[1, 2] == 5.0 and r[0, 0] == 0.0  # rectified
+    assert actnet.strongest_cells(r, 2) == [(1, 2), (3, 4)]
+    stream = AggregationStream(make_activation("weibull"), input_scale=5.0)
+    assert actnet.response_map(fmap, stream).shape == (4, 5)
+    same = actnet.pooling_distances(fmap, fmap.clone(), {"weibull": stream})
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in same.values())
+    other = torch.rand(3, 4, 5)
+    d = actnet.pooling_distances(fmap, other, {"weibull": stream})
+    assert set(d) == {"max", "average", "weibull"} and all(0 < v <= 2 for v in d.values())
+
+
+class _FakeDataset:
+    def __init__(self, name, instance_labels=None, query_labels=None, gnd=None, n_db=None):
+        self.name, self.key = name, name + "-key"
+        self.instance_labels, self.query_labels = instance_labels, query_labels
+        self.gnd = gnd or []
+        self.n_db = n_db if n_db is not None else len(instance_labels or [])
+
+
+def test_training_labels_from_instances_and_from_ground_truth():
+    ds = _FakeDataset("a", ["x", "distractor", "x", "distractor"])
+    labels = actnet.training_labels(ds)
+    assert labels[0] == labels[2] and labels[1] != labels[3] and labels[1] != labels[0]
+    gnd = [{"easy": [0, 1], "hard": [], "junk": [5]}, {"easy": [1], "hard": [2], "junk": []},
+           {"easy": [3], "hard": [4], "junk": []}]
+    labels = actnet.training_labels(_FakeDataset("b", gnd=gnd, n_db=6))
+    assert labels[0] == labels[1] == labels[2]  # queries 0 and 1 share image 1: merged
+    assert labels[3] == labels[4] != labels[0] and labels[5] not in labels[:5]
+
+
+def test_check_disjoint_instances():
+    train = _FakeDataset("train", ["a", "a", "distractor"])
+    actnet.check_disjoint_instances(train, _FakeDataset("eval", ["b", "distractor"], ["b"]))
+    with pytest.raises(ValueError, match="training instances appear"):
+        actnet.check_disjoint_instances(train, _FakeDataset("eval", ["b", "c"], ["a"]))
+    with pytest.raises(ValueError, match="trained on"):
+        actnet.check_disjoint_instances(train, train)
+
+
+class _FakeBackbone:
+    name, weights_id = "fake", "w0"
+
+    def resolve(self, layer):
+        return layer
+
+
+def test_fit_actnet_head_caches_head_and_history(tmp_path, monkeypatch):
+    import helpers.features
+
+    maps, labels = _toy_maps(seed=2)
+    calls = []
+
+    def fake_extract_maps(dataset, backbone, layers, image_size, split="db"):
+        calls.append(split)
+        return {l: maps[l] for l in layers}
+
+    monkeypatch.setenv("INSTRET_CACHE", str(tmp_path))
+    monkeypatch.setattr(helpers.features, "extract_maps", fake_extract_maps)
+    ds = _FakeDataset("toy", [str(l) for l in labels])
+    cfg = TrainingConfig(epochs=2, lr=0.01, triplets_per_batch=4)
+    head, history, path = actnet.fit_actnet_head(ds, _FakeBackbone(), ["l0", "l1"], 64, "sinh", whiten_dim=8,
+                                                 training=cfg)
+    assert path.is_file() and str(path).startswith(str(tmp_path)) and calls == ["db"]
+    assert not list(path.parent.glob("*.tmp"))
+    again, history2, path2 = actnet.fit_actnet_head(ds, _FakeBackbone(), ["l0", "l1"], 64, "sinh", whiten_dim=8,
+                                                    training=cfg)
+    assert path2 == path and calls == ["db"]  # loaded, not retrained
+    assert history2["objective"] == history["objective"]
+    torch.testing.assert_close(again(maps), head(maps))
+    _, _, other = actnet.fit_actnet_head(ds, _FakeBackbone(), ["l0", "l1"], 64, "sinh", whiten=False, training=cfg)
+    assert other != path  # the configuration is part of the key
+
+
+def test_forward_mode_autograd_partials_helper_matches_reverse_mode():
+    params = {"alpha": 0.9, "beta": 2.2, "gamma": 1.1, "zeta": 1.6}
+    theta = actnet.CLOSED_FORMS["weibull"][0]
+    fwd = actnet.autograd_partials(theta, X_POS, params)
+    rev = _autograd_partials(theta, X_POS, params)
+    for k in rev:
+        torch.testing.assert_close(fwd[k], rev[k], rtol=1e-10, atol=1e-12)

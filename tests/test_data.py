@@ -479,7 +479,8 @@ def test_demo_goes_through_ensure_demo(tmp_path, monkeypatch):
                 "instance_labels": ["x", "y"], "query_labels": ["x"]})
         return demo
 
-    monkeypatch.setitem(sys.modules, "helpers.demo_dataset", types.SimpleNamespace(ensure_demo=fake_ensure_demo))
+    monkeypatch.setitem(sys.modules, "helpers.demo_dataset", types.SimpleNamespace(
+        ensure_demo=fake_ensure_demo, content_digest=lambda demo_dir: "fakedigest01"))
     monkeypatch.setattr("helpers.demo_dataset", sys.modules["helpers.demo_dataset"], raising=False)
     root = tmp_path / "data"
     ds = load_dataset("demo", root=root)

@@ -192,12 +192,9 @@ def mapping_function(similarity, threshold: float, exponent: float) -> np.ndarra
 
 
 def _as_layer_list(layer_similarities) -> list[np.ndarray]:
-    if isinstance(layer_similarities, np.ndarray):
-        if layer_similarities.ndim < 1:
-            raise ValueError("layer_similarities must hold one similarity array per layer")
-        sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
-    else:
-        sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
+    if isinstance(layer_similarities, np.ndarray) and layer_similarities.ndim < 1:
+        raise ValueError("layer_similarities must hold one similarity array per layer")
+    sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
     if len(sims) == 0:
         raise ValueError("layer_similarities is empty: give one similarity array per layer")
     shape = sims[0].shape
@@ -358,14 +355,15 @@ class BowVocabulary:
                                          self.centers.astype(np.float32))
 
 
-def learn_vocabulary(train_maps: Sequence, n_words: int = 256, n_per_image: int = 200,
-                     seed: int = 0, normalize: bool = True) -> BowVocabulary:
+def learn_vocabulary(train_maps: Sequence, n_words: int = 512, n_per_image: int = 200,
+                     seed: int = 0, normalize: bool = True, n_init: int = 1) -> BowVocabulary:
     """Learn a visual vocabulary with scikit-learn's ``MiniBatchKMeans`` (stands in for the
     paper's approximate k-means, Sec. 4.1) and idf weights, both on TRAINING maps only.
 
     ``train_maps``: ``C x H x W`` conv maps of the training images (``default_train_dataset``).
     ``idf_k = log(N / max(n_k, 1))`` with ``N`` training images and ``n_k`` of them containing
-    word ``k`` (standard tf-idf; the paper only says "BoW").
+    word ``k`` (standard tf-idf; the paper only says "BoW"). ``n_init`` k-means restarts (one,
+    like the paper's single AKM run; more cost proportionally more time).
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -377,7 +375,9 @@ def learn_vocabulary(train_maps: Sequence, n_words: int = 256, n_per_image: int 
     if len(local) < n_words:
         raise ValueError(f"only {len(local)} local features sampled from {len(train_maps)} training "
                          f"maps, fewer than n_words={n_words}; lower n_words or raise n_per_image")
-    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=3,
+    if n_init < 1:
+        raise ValueError(f"n_init must be >= 1, got {n_init}")
+    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=int(n_init),
                              batch_size=max(1024, 4 * n_words))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # memory-leak note on Windows/MKL

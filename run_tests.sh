@@ -4,4 +4,6 @@
 # marked NBVAL_CHECK_OUTPUT are compared with their committed outputs).
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/env.sh"
 python data_scripts/make_demo.py
+# no progress bars: a cold cache must not change the notebooks' compared outputs
+export INSTRET_PROGRESS=0
 python -m pytest tests notebooks --nbval-lax -q "$@"

@@ -65,6 +65,12 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", str(text))
 
 
+def progress_enabled() -> bool:
+    """Progress bars are on unless ``INSTRET_PROGRESS=0`` (the test command sets it, so that the
+    notebooks' checked outputs do not depend on whether the cache was warm)."""
+    return os.environ.get("INSTRET_PROGRESS", "1") != "0"
+
+
 def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path:
     return (cache_root() / "features" / _safe(dataset.key)
             / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}")
@@ -126,7 +132,8 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
     maps = {layer: [] for layer in map_layers}
     vectors = {layer: {name: [] for name in POOLINGS} for layer in vector_layers}
     image_hw, original_hw, skipped = [], [], []
-    for index, (path, bbx) in enumerate(tqdm(jobs, desc=desc, unit="img", leave=False, mininterval=1.0)):
+    progress = tqdm(jobs, desc=desc, unit="img", leave=False, mininterval=1.0, disable=not progress_enabled())
+    for index, (path, bbx) in enumerate(progress):
         try:
             img = _load(path, bbx, image_size)
             orig = displayed_size(path)

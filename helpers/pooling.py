@@ -97,10 +97,14 @@ def rmac(x: torch.Tensor, L: int = 3, overlap: float = 0.4, eps: float = 1e-6) -
     """Regional MAC: the sum of the l2-normalised MAC vectors of :func:`rmac_regions`."""
     _check_map(x)
     H, W = x.shape[-2:]
-    total = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
+    bands, region_macs = {}, []
     for (rx, ry, rw, rh) in rmac_regions(H, W, L, overlap):
-        total = total + l2n(x[..., ry:ry + rh, rx:rx + rw].amax(dim=(-2, -1)), eps)
-    return total
+        # max over the region = max over its columns of the max over its rows; regions of one row
+        # share the row maxima, so each map cell is read about once per level, not once per region
+        if (ry, rh) not in bands:
+            bands[(ry, rh)] = x[..., ry:ry + rh, :].amax(dim=-2)
+        region_macs.append(bands[(ry, rh)][..., rx:rx + rw].amax(dim=-1))
+    return l2n(torch.stack(region_macs, dim=-2), eps).sum(dim=-2)
 
 
 def crow_spatial_weights(x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = 1e-12) -> torch.Tensor:

@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,6 +566,27 @@ class RerankOutcome:
     best_pairs: np.ndarray
 
 
+def _match_block(query_codes: np.ndarray, candidate_codes: Sequence[np.ndarray]):
+    """Eq. 3 between the query RoIs and the RoIs of several candidates, in one matrix product.
+
+    Returns per candidate its best similarity and best (query RoI, candidate RoI) pair, the number
+    of RoI pairs compared, and for every candidate RoI the index of its most similar query RoI.
+    """
+    counts = np.array([len(c) for c in candidate_codes], np.int64)
+    if (counts == 0).any():
+        raise ValueError(f"candidate {int(np.argmin(counts))} has no RoI codes")
+    sim = roi_similarity(query_codes, np.concatenate(candidate_codes))        # Kq x sum(Kc)
+    nearest_query = sim.argmax(axis=0)                                        # per candidate RoI
+    column_best = sim[nearest_query, np.arange(sim.shape[1])]
+    segment = np.repeat(np.arange(len(counts)), counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # first column of each candidate after sorting by (candidate, -similarity): its best RoI
+    # (lexsort is stable, so ties go to the better ranked RoI)
+    best_column = np.lexsort((-column_best, segment))[starts]
+    pairs = np.stack([nearest_query[best_column], best_column - starts], axis=1)
+    return column_best[best_column], pairs, int(sim.size), nearest_query
+
+
 def rerank_candidates(query_codes: np.ndarray, candidate_codes: Sequence[np.ndarray],
                       n_exhaustive: int | None = None, k_query: int | None = None) -> RerankOutcome:
     """RoI matching of one query with its ``N`` first-stage candidates (sec. 3.2.4).
@@ -576,16 +596,21 @@ def rerank_candidates(query_codes: np.ndarray, candidate_codes: Sequence[np.ndar
     the top ``n`` candidates, during which each candidate RoI votes for its most similar query RoI
     (our reading of "matching frequency"); the ``k_query`` most voted query RoIs (ties: the better
     ranked RoI) are then the only ones compared with the remaining ``N - n`` candidates.
+    Each of the two blocks is one matrix product (:func:`roi_similarity`), so the time follows the
+    number of RoI pairs compared.
 
     Args:
         query_codes: binary ``Kq x D`` (eq. 2) codes of the query RoIs, best RoI first.
-        candidate_codes: list of binary ``Kc_i x D`` codes, candidates in first-stage order.
+        candidate_codes: list of binary ``Kc_i x D`` codes (``Kc_i >= 1``), candidates in
+            first-stage order.
     """
     query_codes = np.atleast_2d(np.asarray(query_codes))
     n_query = query_codes.shape[0]
     n_cand = len(candidate_codes)
-    if n_query == 0:
+    if n_query == 0 or query_codes.size == 0:
         raise ValueError("the query has no RoI codes")
+    if n_cand == 0:
+        raise ValueError("no candidates to re-rank")
     if n_exhaustive is None or n_exhaustive >= n_cand:
         n_exhaustive = n_cand
     else:
@@ -594,25 +619,15 @@ def rerank_candidates(query_codes: np.ndarray, candidate_codes: Sequence[np.ndar
             raise ValueError("fast matching needs k_query (how many query RoIs to keep)")
     if k_query is not None:
         k_query = min(_check_positive_int("k_query", k_query), n_query)
-    sims = np.zeros(n_cand)
-    best = np.zeros((n_cand, 2), np.int64)
-    votes = np.zeros(n_query, np.int64)
-    pairs = 0
-    for i in range(n_exhaustive):
-        s = roi_similarity(query_codes, candidate_codes[i])
-        pairs += s.size
-        q, c = np.unravel_index(int(np.argmax(s)), s.shape)
-        sims[i], best[i] = s[q, c], (q, c)
-        votes += np.bincount(s.argmax(axis=0), minlength=n_query)
+    sims, best, pairs, nearest = _match_block(query_codes, candidate_codes[:n_exhaustive])
     if n_exhaustive == n_cand:
         return RerankOutcome(sims, pairs, np.arange(n_query), best)
+    votes = np.bincount(nearest, minlength=n_query)
     kept = np.sort(np.argsort(-votes, kind="stable")[:k_query])
-    for i in range(n_exhaustive, n_cand):
-        s = roi_similarity(query_codes[kept], candidate_codes[i])
-        pairs += s.size
-        q, c = np.unravel_index(int(np.argmax(s)), s.shape)
-        sims[i], best[i] = s[q, c], (kept[q], c)
-    return RerankOutcome(sims, pairs, kept, best)
+    rest_sims, rest_best, rest_pairs, _ = _match_block(query_codes[kept], candidate_codes[n_exhaustive:])
+    rest_best[:, 0] = kept[rest_best[:, 0]]
+    return RerankOutcome(np.concatenate([sims, rest_sims]), pairs + rest_pairs, kept,
+                         np.concatenate([best, rest_best]))
 
 
 def reranked_scores(first_stage_scores: np.ndarray, candidates: np.ndarray,
@@ -667,16 +682,13 @@ def _read_cache(path: Path, key: dict) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, key: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    from helpers.features import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
             np.savez(fh, __key__=np.array(json.dumps(key, sort_keys=True)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def cached_arrays(kind: str, key: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

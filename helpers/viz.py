@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-__all__ = ["heatmap_over_image", "label_colors", "query_thumbnail", "relevance_of", "result_strip", "save_figure",
+__all__ = ["heatmap_over_image", "interactive_view", "label_colors", "query_thumbnail", "relevance_of", "result_strip", "save_figure",
            "show_boxes", "show_image"]
 
 #: border colours of a result strip
@@ -107,3 +107,36 @@ def result_strip(axes, query_img, ranked_imgs, relevances, query_title="query", 
         show_image(ax, img, titles[k] if titles else f"#{k + 1}")
         _border(ax, RESULT_COLORS[rel])
     return axes
+
+
+def interactive_view(function, **controls):
+    """Widgets that redraw ``function(**their values)`` below them whenever one of them moves.
+
+    ``controls`` maps ``function``'s keyword arguments to ipywidgets controls (sliders, dropdowns…).
+    Unlike ``ipywidgets.interact`` nothing is drawn at creation, so draw the default view in the cell
+    before (it is then also in the committed notebook and its figure file). ``interact`` runs the
+    function inside an Output widget as it is created, a known cause of intermittent hangs of
+    headless execution (jupyter/nbclient#312: the run_suite/run_tests commands). Returns the widget
+    box: make it the cell's last expression to show it.
+    """
+    import ipywidgets as widgets
+
+    if not controls:
+        raise ValueError("interactive_view needs at least one control")
+    for name, control in controls.items():
+        if not hasattr(control, "observe") or not hasattr(control, "value"):
+            raise TypeError(f"control {name!r} is not an ipywidgets value widget: {control!r}")
+        if not getattr(control, "description", ""):
+            control.description = name
+    view = widgets.Output()
+
+    def redraw(change=None):
+        with view:
+            view.clear_output(wait=True)
+            function(**{name: control.value for name, control in controls.items()})
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i:i + 3]) for i in range(0, len(items), 3)]
+    return widgets.VBox(rows + [widgets.Label("move a control: the view is redrawn below"), view])

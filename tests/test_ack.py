@@ -162,11 +162,10 @@ def test_search_without_torch_path_for_many_kernels():
 
 
 @pytest.mark.parametrize("n_kernels", [60, 40000])  # torch path, numpy path
-def test_search_in_blocks_on_several_threads_equals_reference(monkeypatch, n_kernels):
+def test_one_query_search_on_several_threads_equals_reference(n_kernels):
     rng = np.random.default_rng(9)
     db = make_codes(rng, 45, 12, n_kernels)
     db[30, :8] = db[0, :8]
-    monkeypatch.setattr(ack, "_BLOCK", 7)  # 7 blocks, some of them ragged
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from helpers.data import load_dataset
-from helpers.features import (SkippedImageWarning, bbx_on_map, cache_root, extract_maps, extract_vectors,
-                              extraction_info)
+from helpers.features import (SkippedImageWarning, atomic_write, bbx_on_map, cache_root, extract_maps,
+                              extract_vectors, extraction_info, prefetch)
 from helpers.pooling import POOLINGS, gem, l2n
 
 
@@ -35,6 +35,39 @@ def test_maps_vectors_and_cache_reuse(photo_folder, backbone, isolated_cache):
     # another image size is another entry, with another map size
     small = extract_maps(ds, backbone, ["conv_head"], 64, "db")["conv_head"][0]
     assert small.shape[-1] < maps["conv_head"][0].shape[-1]
+
+
+def test_prefetch_runs_one_pass_for_several_taps(photo_folder, backbone, isolated_cache):
+    ds = load_dataset(f"folder:{photo_folder}")
+    passes = []
+    handle = backbone.model.conv_stem.register_forward_hook(lambda *a: passes.append(1))
+    try:
+        prefetch(ds, backbone, 96, "db", map_layers=["conv_head"], vector_layers=["block4", "block5"])
+        assert len(passes) == ds.n_db  # one forward per image for the three taps
+        maps = extract_maps(ds, backbone, ["conv_head"], 96, "db")["conv_head"]
+        vecs = {t: extract_vectors(ds, backbone, t, 96, "db", ("gem",))["gem"] for t in ("block4", "block5")}
+        prefetch(ds, backbone, 96, "db", map_layers=["conv_head"], vector_layers=["block4"])  # all cached
+        assert len(passes) == ds.n_db
+    finally:
+        handle.remove()
+    assert len(maps) == ds.n_db and vecs["block4"].shape == (ds.n_db, 112)
+    with pytest.raises(ValueError, match="already vectors"):
+        prefetch(ds, backbone, 96, "db", vector_layers=["fc"])
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "sub" / "entry.bin"
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"first"))
+    assert target.read_bytes() == b"first"
+
+    def crash(tmp):
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"first"  # the old entry survives, no temporary file is left
+    assert [p.name for p in target.parent.iterdir()] == ["entry.bin"]
 
 
 def test_vectors_without_maps_match_maps(photo_folder, backbone, isolated_cache, tmp_path, monkeypatch):

@@ -391,7 +391,7 @@ def test_prefetch_gives_the_same_features_as_one_pass_per_tap(tiny, tmp_path, mo
                     exponents=(0.45, 0.45, 0.45, 1.0))
     with_prefetch = m.describe(ds, "db")
     monkeypatch.setenv("INSTRET_CACHE", str(tmp_path / "cache_without_prefetch"))
-    monkeypatch.setattr(ml, "prefetch_features", lambda *a, **k: None)
+    monkeypatch.setattr("helpers.features.prefetch", lambda *a, **k: None)
     without = m.describe(ds, "db")
     for tap in m.taps:
         np.testing.assert_allclose(with_prefetch[tap], without[tap], atol=1e-6)

@@ -285,6 +285,31 @@ def test_fast_rerank_votes_and_restricted_matching():
         roi.rerank_candidates(q, cands, n_exhaustive=2)
 
 
+def test_fast_rerank_matches_a_loop_over_the_definition():
+    rng = np.random.default_rng(5)
+    q = _codes(rng, 6, 32)
+    cands = [_codes(rng, int(k), 32) for k in rng.integers(1, 5, 12)]
+    n, k = 4, 2
+    votes = np.zeros(6, int)
+    expected = []
+    for c in cands[:n]:
+        s = roi.roi_similarity(q, c)
+        expected.append(s.max())
+        for j in range(s.shape[1]):
+            votes[int(np.argmax(s[:, j]))] += 1
+    kept = sorted(sorted(range(6), key=lambda i: (-votes[i], i))[:k])
+    expected += [roi.roi_similarity(q[kept], c).max() for c in cands[n:]]
+    out = roi.rerank_candidates(q, cands, n_exhaustive=n, k_query=k)
+    assert out.kept_query_rois.tolist() == kept
+    assert np.allclose(out.similarities, expected)
+    for i, c in enumerate(cands):
+        qi, ci = out.best_pairs[i]
+        assert roi.roi_similarity(q[[qi]], c[[ci]])[0, 0] == pytest.approx(out.similarities[i])
+    assert out.pair_count == sum(6 * len(c) for c in cands[:n]) + sum(k * len(c) for c in cands[n:])
+    with pytest.raises(ValueError, match="no RoI"):
+        roi.rerank_candidates(q, [q, np.zeros((0, 32), np.uint8)])
+
+
 def test_reranked_scores_put_candidates_first_in_similarity_order():
     first = np.array([[0.9], [0.8], [0.7], [0.1], [0.5]])
     cands = roi.top_candidates(first, 3)                      # 0, 1, 2

@@ -31,3 +31,23 @@ def test_result_strip_borders():
     assert axes[2].spines["left"].get_edgecolor()[:3] == matplotlib.colors.to_rgb(viz.RESULT_COLORS["negative"])
     assert len(axes[0].patches) == 1  # the query box
     plt.close(fig)
+
+
+def test_interactive_view_draws_only_when_a_control_moves():
+    import ipywidgets as widgets
+
+    from helpers.viz import interactive_view
+
+    calls = []
+    slider = widgets.IntSlider(value=3, min=0, max=10)
+    box = interactive_view(lambda q, pooling: calls.append((q, pooling)), q=slider,
+                           pooling=widgets.Dropdown(options=["mac", "gem"], value="gem"))
+    assert calls == []  # nothing runs at creation (jupyter/nbclient#312)
+    assert slider.description == "q"
+    slider.value = 5
+    assert calls == [(5, "gem")]
+    assert isinstance(box, widgets.VBox)
+    with pytest.raises(TypeError, match="not an ipywidgets"):
+        interactive_view(print, q=3)
+    with pytest.raises(ValueError):
+        interactive_view(print)

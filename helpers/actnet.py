@@ -956,8 +956,8 @@ def head_config(train_dataset, backbone, layers, image_size, activation, activat
     }
 
 
-def head_cache_path(config: Mapping) -> "Path":
-    """``<cache>/actnet/<train dataset key>/<backbone>-<weights>/<activation>-<hash of config>.pt``."""
+def head_cache_path(config: Mapping):
+    """``<cache>/actnet/<train dataset key>/<backbone>-<weights>/<activation>-<hash of config>.pt`` (a Path)."""
     import hashlib
     import json
 

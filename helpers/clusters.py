@@ -558,12 +558,10 @@ def box_cell_coverage(bbx, image_hw, map_hw) -> np.ndarray:
     ``[x W/w, (x+1) W/w) x [y H/h, (y+1) H/h)``). The cells with a positive coverage are exactly
     those of ``helpers.features.bbx_on_map``, which rounds outwards.
     """
+    from .features import checked_box
+
     (H, W), (h, w) = image_hw, map_hw
-    if min(H, W, h, w) <= 0:
-        raise ValueError(f"sizes must be positive, got image {image_hw} and map {map_hw}")
-    x1, y1, x2, y2 = (float(v) for v in bbx)
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"bbx {list(bbx)} is empty or inverted")
+    x1, y1, x2, y2 = checked_box(bbx, image_hw, map_hw)
     # box in map-cell units, clipped to the map
     bx1, bx2 = np.clip([x1 * w / W, x2 * w / W], 0, w)
     by1, by2 = np.clip([y1 * h / H, y2 * h / H], 0, h)

@@ -46,7 +46,8 @@ from .images import ImageReadError, displayed_size, load_image, load_query
 from .pooling import POOLINGS, l2n
 
 __all__ = [
-    "SPLITS", "atomic_write", "bbx_on_map", "cache_root", "extract_maps", "prefetch", "extract_vectors", "extraction_info",]
+    "SPLITS", "atomic_write", "bbx_on_map", "cache_root", "checked_box", "db_alias", "extract_maps", "prefetch",
+    "split_images", "extract_vectors", "extraction_info",]
 
 SPLITS = ("db", "query", "query_full")
 
@@ -100,16 +101,20 @@ def _check_args(image_size, split):
         raise ValueError(f"image_size must be an int >= 32 (pixels of the long side), got {image_size!r}")
 
 
-def _jobs(dataset, split):
-    """(path, bbx) for every image of the split."""
+def split_images(dataset, split):
+    """``(path, bbx)`` for every image of a split: ``bbx`` is the query box for ``"query"`` (the
+    image is cropped by it), ``None`` for ``"db"`` and ``"query_full"`` (the whole image)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if split == "db":
         return [(dataset.db_path(i), None) for i in range(dataset.n_db)]
     boxes = [g.get("bbx") if split == "query" else None for g in dataset.gnd]
     return [(dataset.query_path(i), boxes[i]) for i in range(dataset.n_queries)]
 
 
-def _db_alias(dataset, split):
-    """Database index of every query that is a database image used whole, or None."""
+def db_alias(dataset, split):
+    """Database index of every query of ``split`` when all of them are database images used whole
+    (no box): their features are then read from the ``"db"`` split. Otherwise None."""
     if split == "db":
         return None
     index = {p: i for i, p in enumerate(dataset.imlist)}
@@ -134,7 +139,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
     from tqdm.auto import tqdm
 
     layers = list(dict.fromkeys([*map_layers, *vector_layers]))
-    jobs = _jobs(dataset, split)
+    jobs = split_images(dataset, split)
     maps = {layer: [] for layer in map_layers}
     vectors = {layer: {name: [] for name in POOLINGS} for layer in vector_layers}
     image_hw, original_hw, skipped = [], [], []
@@ -200,7 +205,7 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
     already cached are skipped; the results of the later ``extract_*`` calls are the same either way.
     """
     _check_args(image_size, split)
-    if _db_alias(dataset, split) is not None:
+    if db_alias(dataset, split) is not None:
         split = "db"  # queries are database images used whole: read from the db split
     entry = _entry_dir(dataset, backbone, image_size, split)
     map_layers = list(dict.fromkeys(backbone.resolve(t) for t in map_layers))
@@ -225,7 +230,7 @@ def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: st
     if isinstance(layers, str):
         layers = [layers]
     layers = [backbone.resolve(layer) for layer in layers]
-    alias = _db_alias(dataset, split)
+    alias = db_alias(dataset, split)
     if alias is not None:
         db = extract_maps(dataset, backbone, layers, image_size, "db")
         return {layer: [db[layer][j] for j in alias] for layer in layers}
@@ -260,7 +265,7 @@ def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, sp
         raise ValueError(f"unknown pooling(s) {unknown}; choose from {list(POOLINGS)}")
     if layer in ("fc", "logits"):
         raise ValueError(f"{layer!r} is already a vector; use extract_maps(..., [{layer!r}])")
-    alias = _db_alias(dataset, split)
+    alias = db_alias(dataset, split)
     if alias is not None:
         db = extract_vectors(dataset, backbone, layer, image_size, "db", poolings)
         return {name: db[name][alias] for name in poolings}
@@ -287,7 +292,7 @@ def extraction_info(dataset, backbone: Backbone, image_size: int, split: str = "
     (size of the file as displayed), ``skipped`` (list of ``{"path", "reason"}``). Runs the
     extraction of the last conv map if nothing is cached yet."""
     _check_args(image_size, split)
-    alias = _db_alias(dataset, split)
+    alias = db_alias(dataset, split)
     if alias is not None:
         db = extraction_info(dataset, backbone, image_size, "db")
         return {**db, "image_hw": [db["image_hw"][j] for j in alias],
@@ -298,6 +303,18 @@ def extraction_info(dataset, backbone: Backbone, image_size: int, split: str = "
     return json.loads(meta.read_text())
 
 
+def checked_box(bbx, image_hw, map_hw) -> tuple[float, float, float, float]:
+    """``bbx`` as four floats, after checking that the image and map sizes are positive and the box
+    is not empty or inverted (shared by everything that maps a query box onto a feature map)."""
+    (H, W), (h, w) = image_hw, map_hw
+    if min(H, W, h, w) <= 0:
+        raise ValueError(f"sizes must be positive, got image {image_hw} and map {map_hw}")
+    x1, y1, x2, y2 = (float(v) for v in bbx)
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"bbx {list(bbx)} is empty or inverted")
+    return x1, y1, x2, y2
+
+
 def bbx_on_map(bbx, image_hw, map_hw) -> tuple[int, int, int, int]:
     """A box ``[x1, y1, x2, y2]`` in an image of size ``image_hw`` mapped to the cells of a map of size
     ``map_hw``: ``(c1, r1, c2, r2)`` with ``c2``/``r2`` exclusive, at least one cell, clipped.
@@ -305,11 +322,7 @@ def bbx_on_map(bbx, image_hw, map_hw) -> tuple[int, int, int, int]:
     Used to crop a query's activations by its box ("crop X") and to measure region precision.
     """
     (H, W), (h, w) = image_hw, map_hw
-    if min(H, W, h, w) <= 0:
-        raise ValueError(f"sizes must be positive, got image {image_hw} and map {map_hw}")
-    x1, y1, x2, y2 = (float(v) for v in bbx)
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"bbx {list(bbx)} is empty or inverted")
+    x1, y1, x2, y2 = checked_box(bbx, image_hw, map_hw)
     c1 = int(np.clip(np.floor(x1 * w / W), 0, w - 1))
     r1 = int(np.clip(np.floor(y1 * h / H), 0, h - 1))
     c2 = int(np.clip(np.ceil(x2 * w / W), c1 + 1, w))

@@ -52,6 +52,7 @@ import scipy.sparse as sp
 import torch
 from torchvision.ops import nms, roi_align, roi_pool
 
+from helpers.features import db_alias, split_images
 from helpers.methods import RetrievalMethod, register_method
 
 #: Base-region IoU above which the lower-ranked region is dropped (sec. 3.2.2: "T_IOU is set to 95%").
@@ -712,7 +713,7 @@ def files_fingerprint(dataset, split: str) -> str:
     descriptors. Costs one ``stat`` per file.
     """
     digest = hashlib.sha1()
-    for path, _ in _image_jobs(dataset, split):
+    for path, _ in split_images(dataset, split):
         try:
             st = os.stat(path)
             digest.update(f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns};".encode())
@@ -731,37 +732,12 @@ def _unpack(flat: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
-def _image_jobs(dataset, split: str) -> list[tuple[Path, list | None]]:
-    """``(path, bbx)`` of every image of a split, as :mod:`helpers.features` defines the splits."""
-    if split == "db":
-        return [(dataset.db_path(i), None) for i in range(len(dataset.imlist))]
-    if split in ("query", "query_full"):
-        return [(dataset.query_path(i), dataset.gnd[i].get("bbx") if split == "query" else None)
-                for i in range(len(dataset.qimlist))]
-    raise ValueError(f"unknown split {split!r}; choose 'db', 'query' or 'query_full'")
-
-
-def _query_alias(dataset, split: str) -> list[int] | None:
-    """Database index of every query when all queries of ``split`` are database images used whole
-    (no box): their descriptions are then taken from the ``"db"`` split. Otherwise None."""
-    if split == "db":
-        return None
-    index = {name: i for i, name in enumerate(dataset.imlist)}
-    alias = []
-    for i, name in enumerate(dataset.qimlist):
-        bbx = dataset.gnd[i].get("bbx") if split == "query" else None
-        if name not in index or bbx is not None or dataset.query_path(i) != dataset.db_path(index[name]):
-            return None
-        alias.append(index[name])
-    return alias
-
-
 def load_split_image(dataset, split: str, index: int, max_side: int | None) -> np.ndarray:
     """Image ``index`` of a split as the backbone saw it (queries cropped by their box for
     ``split="query"``), shrunk to ``max_side``."""
     from helpers.images import load_image, load_query
 
-    path, bbx = _image_jobs(dataset, split)[index]
+    path, bbx = split_images(dataset, split)[index]
     return load_image(path, max_side) if bbx is None else load_query(path, bbx, max_side)
 
 
@@ -781,7 +757,7 @@ def dataset_sift_descriptors(dataset, split: str = "db", params: SiftParams = Si
     Queries that are database images used whole (Holidays, UKBench, ``folder:``) reuse the database's."""
     from helpers.images import ImageReadError, load_image, load_query
 
-    alias = _query_alias(dataset, split)
+    alias = db_alias(dataset, split)
     if alias is not None:
         db = dataset_sift_descriptors(dataset, "db", params)
         return [db[j] for j in alias]
@@ -790,7 +766,7 @@ def dataset_sift_descriptors(dataset, split: str = "db", params: SiftParams = Si
 
     def compute():
         rows = []
-        for path, bbx in _progress(_image_jobs(dataset, split), f"SIFT {dataset.name} {split}"):
+        for path, bbx in _progress(split_images(dataset, split), f"SIFT {dataset.name} {split}"):
             try:
                 img = load_image(path, params.max_side) if bbx is None else load_query(path, bbx, params.max_side)
             except (ImageReadError, ValueError, OSError) as exc:
@@ -915,7 +891,7 @@ def compute_roi_set(dataset, backbone, image_size: int, split: str, feature: str
         raise ValueError(f"feature must be one of {ROI_FEATURES}, got {feature!r}")
     k = _check_positive_int("k", k)
     crop_size = _check_positive_int("crop_size", crop_size)
-    alias = _query_alias(dataset, split)
+    alias = db_alias(dataset, split)
     if alias is not None:                      # queries are database images used whole: reuse those
         db = compute_roi_set(dataset, backbone, image_size, "db", feature, k, params, crop_size)
         return RoISet([db.boxes[j] for j in alias], [db.features[j] for j in alias],

@@ -25,6 +25,27 @@ def _value(text: str):
         return text
 
 
+def relative_papermill_paths(notebook: Path) -> None:
+    """papermill records the absolute input and output paths of a run in the notebook's metadata;
+    keep them relative to the repository, so that a committed notebook names no path of the machine
+    that ran it."""
+    import json
+
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    meta = nb.get("metadata", {}).get("papermill", {})
+    changed = False
+    for key in ("input_path", "output_path"):
+        value = meta.get(key)
+        if value and Path(value).is_absolute():
+            try:
+                meta[key] = Path(value).resolve().relative_to(REPO).as_posix()
+            except ValueError:  # outside the repository: keep the file name only
+                meta[key] = Path(value).name
+            changed = True
+    if changed:
+        notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
@@ -56,6 +77,7 @@ def main(argv=None) -> int:
             failed.append(nb.name)
             print(f"FAILED {nb.name}: {type(exc).__name__}: {str(exc)[:2000]}", file=sys.stderr)
             continue
+        relative_papermill_paths(target)
         print(f"  done in {time.time() - start:.0f} s -> {target.relative_to(REPO)}", flush=True)
     figures = sorted((REPO / "figures").rglob("*.png")) if (REPO / "figures").exists() else []
     print(f"{len(notebooks) - len(failed)} of {len(notebooks)} notebooks ran; {len(figures)} figures in figures/")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ack
 from helpers.ack import (ACKIndex, ack_codes, ack_scores, check_codes, contribution_table,
                          dosd_closed_form, dosd_reference, dosd_scores, histogram_similarity,
                          jaccard_scores, jaccard_similarity, kernel_brightness, kernel_frequencies,

@@ -149,18 +149,18 @@ def test_search_uint64_sums_for_long_codes():
     assert index.dosd(db[0])[1, 0] == pytest.approx(dosd_closed_form(db[0], db[1]), abs=1e-12)
 
 
-def test_search_without_torch_path_for_many_kernels():
+def test_search_with_kernel_indices_above_int16():
     rng = np.random.default_rng(4)
-    n, n_kernels = 10, 40000  # indices >= 2^15 cannot use the int16 view
+    n, n_kernels = 10, 40000  # indices >= 2^15: the uint16 codes must not be read as signed
     db = make_codes(rng, 20, n, n_kernels)
     db[5, :5] = db[0, :5]
+    db[5, 5:] = np.arange(39990, 39995)
     index = ACKIndex(db, n_kernels)
-    assert index._torch_codes is None
     reference = np.array([dosd_reference(db[0], d) for d in db])
     np.testing.assert_allclose(index.dosd(db[0])[:, 0], reference, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_kernels", [60, 40000])  # torch path, numpy path
+@pytest.mark.parametrize("n_kernels", [60, 40000])
 def test_one_query_search_on_several_threads_equals_reference(n_kernels):
     rng = np.random.default_rng(9)
     db = make_codes(rng, 45, 12, n_kernels)
@@ -172,6 +172,26 @@ def test_one_query_search_on_several_threads_equals_reference(n_kernels):
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(got, [dosd_reference(db[0], d) for d in db], atol=1e-12)
+
+
+def test_search_over_several_blocks_and_a_partial_one():
+    # more codes than one block of the compiled search (SEARCH_BLOCK), the last block partial
+    from helpers.ack import SEARCH_BLOCK
+
+    rng = np.random.default_rng(10)
+    n, n_kernels = 6, 30
+    size = 2 * SEARCH_BLOCK + 37
+    db = make_codes(rng, size, n, n_kernels)
+    queries = db[[0, SEARCH_BLOCK + 5, size - 1]].copy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = ACKIndex(db, n_kernels).dosd(queries, query_chunk=2)
+    finally:
+        torch.set_num_threads(threads)
+    expected = np.array([[dosd_closed_form(q, d) for q in queries] for d in db])
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert (got[[0, SEARCH_BLOCK + 5, size - 1], [0, 1, 2]] == 1.0).all()
 
 
 def test_index_memory_is_two_bytes_per_kernel_index():

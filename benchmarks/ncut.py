@@ -4,8 +4,9 @@ The "clusters" method cuts every image's last-conv map into 5 and 20 clusters (S
 script builds a real 32 x 32 x 1280 EfficientNet-Lite0 map (a 1024 x 1024 photograph), then times,
 on 2 threads (the target machine has 2 CPU cores):
 
-* ``ours``: ``helpers.clusters.activation_clusters(map, (5, 20), C)`` = per-image PCA (randomized SVD), eqs. (2)-(3),
-  ONE eigen-decomposition of the normalised affinity (ARPACK, 20 vectors) and scikit-learn's Yu-Shi
+* ``ours``: ``helpers.clusters.activation_clusters(map, (5, 20), C)`` = per-image PCA (scikit-learn's
+  ARPACK PCA of the sparse descriptors), eqs. (2)-(3) (torch distances), ONE eigen-decomposition of
+  the normalised affinity (ARPACK, 20 vectors, BLAS on one thread) and scikit-learn's Yu-Shi
   ``discretize`` for 5 and for 20 clusters;
 * ``sklearn``: the same PCA and affinity, then ``SpectralClustering(affinity="precomputed",
   assign_labels="discretize")`` run twice (5 and 20 clusters), the straightforward implementation;
@@ -103,7 +104,7 @@ def main(argv=None) -> None:
           f"{args.threads} threads, {args.repeats} repeats (median ms; min in brackets)")
     print(f"  sklearn SpectralClustering x2 : {med['sklearn']:7.1f} ({ref_ms.min():.1f})")
     print(f"  ours, shared eigenvectors     : {med['ours']:7.1f} ({ours_ms.min():.1f})")
-    print(f"    PCA (randomized SVD, C comp.): {med['pca']:7.1f}")
+    print(f"    PCA (C components)          : {med['pca']:7.1f}")
     print(f"    eqs. (2)-(3) affinity       : {med['affinity']:7.1f}")
     print(f"    20 eigenvectors             : {med['eigen']:7.1f}")
     print(f"    Ncut 5 + 20 (eigen + discretize, input checks): {med['cut']:7.1f}")

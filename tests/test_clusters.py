@@ -79,6 +79,30 @@ def test_pca_project_of_a_real_conv_map_is_close_to_exact(backbone):
     np.testing.assert_array_equal(F, hc.pca_project(X, 8)[0])  # seeded: the same every time
 
 
+@pytest.mark.parametrize("zeros, rtol", [(0.9, 1e-4), (0.0, 1e-2)])  # sparse: exact; dense: randomized SVD
+def test_pca_project_large_sparse_and_dense_descriptors_match_exact_svd(zeros, rtol):
+    rng = np.random.default_rng(7)
+    N, D, C = 300, 260, 5
+    scales = 0.8 ** np.arange(40)  # a decaying spectrum, like a conv map's (no near-ties among the first C)
+    X = np.abs((rng.normal(size=(N, 40)) * scales) @ rng.normal(size=(40, D)) + rng.normal(scale=0.05, size=(N, D)))
+    X[rng.random((N, D)) < zeros] = 0.0
+    X = X.astype(np.float32)
+    Xc = X.astype(np.float64) - X.mean(0, dtype=np.float64)
+    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
+    expected, expected_var = U[:, :C] * s[:C], s[:C] ** 2 / (N - 1)
+    for descriptors in (X, np.asfortranarray(X)):  # row-major, and column-major like local_descriptors
+        F, var = hc.pca_project(descriptors, C)
+        np.testing.assert_allclose(var, expected_var, rtol=rtol)
+        signs = np.sign(np.sum(F * expected, axis=0))
+        assert np.abs(F * signs - expected).max() < 2 * rtol * np.abs(expected).max()
+
+
+def test_local_descriptors_are_a_view_of_the_map():
+    fmap = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    X = hc.local_descriptors(fmap)
+    assert np.shares_memory(X, fmap) and X.shape == (12, 2)
+
+
 def test_pca_project_rejects_bad_sizes():
     X = np.zeros((5, 3))
     with pytest.raises(ValueError, match="cannot keep 4"):

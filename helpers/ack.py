@@ -478,6 +478,10 @@ def search_timings(n_db: int = 100_000, n: int = 256, n_kernels: int = 1280, flo
     qvec = rng.standard_normal(float_dim, dtype=np.float32)
 
     def best(fn, r=repeats):
+        # BLAS / OpenMP worker threads keep spinning for a while after their last call (OpenBLAS up to
+        # ~0.1 s); measured: the numba search right after a torch product takes 7-8 ms instead of 1.3.
+        # Let the previous side's threads settle so that each side is timed on its own cost.
+        time.sleep(0.25)
         fn()
         times = []
         for _ in range(r):

@@ -260,7 +260,11 @@ def _sparse_pca(X: np.ndarray, n_components: int, random_state: int):
         matmat=lambda V: M @ V - np.outer(ones, mean @ V),
         rmatmat=lambda U: MT @ U - np.outer(mean, U.sum(axis=0)))
     with _one_blas_thread():
-        U, S, _ = svds(centred, k=n_components, solver="propack", random_state=random_state)
+        try:  # PROPACK's default Krylov size (10 k) is too small for k = 1 or 2 on some maps
+            U, S, _ = svds(centred, k=n_components, solver="propack", random_state=random_state,
+                           maxiter=min(min(N, D), max(10 * n_components, 100)))
+        except np.linalg.LinAlgError:  # did not converge: ARPACK on the same operator
+            U, S, _ = svds(centred, k=n_components, solver="arpack", random_state=random_state)
     order = np.argsort(-S, kind="stable")
     projected = (U[:, order] * S[order]).astype(np.float32)
     return projected, S[order].astype(np.float64) ** 2 / (N - 1)

@@ -89,8 +89,8 @@ def test_pca_project_large_sparse_and_dense_descriptors_match_exact_svd(zeros, r
     X = X.astype(np.float32)
     Xc = X.astype(np.float64) - X.mean(0, dtype=np.float64)
     U, s, _ = np.linalg.svd(Xc, full_matrices=False)
-    expected, expected_var = U[:, :C] * s[:C], s[:C] ** 2 / (N - 1)
-    for descriptors in (X, np.asfortranarray(X)):  # row-major, and column-major like local_descriptors
+    for C, descriptors in [(C, X), (C, np.asfortranarray(X)), (1, X), (2, X)]:  # column-major like local_descriptors
+        expected, expected_var = U[:, :C] * s[:C], s[:C] ** 2 / (N - 1)
         F, var = hc.pca_project(descriptors, C)
         np.testing.assert_allclose(var, expected_var, rtol=rtol)
         signs = np.sign(np.sum(F * expected, axis=0))

@@ -10,8 +10,8 @@ runs ``--repeats`` times into a fresh temporary cache; the best time of each is 
 
     python benchmarks/extraction.py [--images 24] [--image-size 640] [--backbone efficientnet_lite0]
 
-It also times two lighter uses (the last conv map pooled only; all maps cached but only the last
-pooled) to show where the overhead comes from.
+It also times three lighter uses (the last conv map pooled only; every tap pooled but no map kept;
+all maps cached but only the last pooled) to show where the overhead comes from.
 
 Last line: ``overhead_ratio=<helpers time / bare time>`` for all taps cached and pooled (target: at most 1.10).
 """
@@ -78,6 +78,8 @@ def main() -> None:
         "bare": bare,
         # what the pooling notebooks and the CLI do: the last conv map pooled, nothing else kept
         "vectors": helpers_run([], [last]),
+        # every conv tap pooled by every pooling, only the vectors cached
+        "pooled": helpers_run([], conv_taps),
         # every conv tap's map cached as float16 (+ the last conv map pooled)
         "maps": helpers_run(conv_taps, [last]),
         # the target's definition: every tap's map cached AND pooled by every pooling
@@ -92,6 +94,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     best = {k: min(v) for k, v in times.items()}
     labels = {"bare": "bare forward", "vectors": f"helpers: {last} pooled (5 poolings)",
+              "pooled": "helpers: all taps pooled (vectors only)",
               "maps": "helpers: all taps' maps cached", "helpers": "helpers: all taps cached + pooled"}
     for k, v in best.items():
         print(f"{labels[k]:40s} best of {args.repeats}: {v:6.2f} s ({1000 * v / args.images:4.0f} ms/image)"

@@ -72,9 +72,14 @@ def progress_enabled() -> bool:
     return os.environ.get("INSTRET_PROGRESS", "1") != "0"
 
 
+#: Bumped whenever cached maps or vectors would come out differently (2: CroW rectifies maps with
+#: negative values, which gave NaN vectors for EfficientNet's block taps before).
+CACHE_FORMAT = 2
+
+
 def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path:
     return (cache_root() / "features" / _safe(dataset.key)
-            / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}")
+            / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}-v{CACHE_FORMAT}")
 
 
 def atomic_write(path, write) -> None:

@@ -9,7 +9,8 @@ definition says so (R-MAC normalises its regions). Use :func:`l2n` afterwards.
 * GeM: generalised mean ``(mean x^p)^(1/p)`` (Radenović et al. 2018): p=1 is SPoC, p -> inf is MAC.
 * R-MAC: MAC of Tolias' multi-scale square regions, each l2-normalised, summed.
 * CroW: cross-dimensional weighting (Kalantidis et al. 2016): spatial weights from the aggregated
-  response, channel weights from the sparsity of each channel.
+  response, channel weights from the sparsity of each channel; defined on non-negative activations,
+  so a map with negative values is rectified first.
 """
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     _check_map(x)
     if not p > 0:
         raise ValueError(f"GeM needs p > 0, got {p}")
-    x = x.clamp(min=eps)
+    y = x.clamp(min=eps)  # the one temporary; the rest is done in place on it
     # scaled by the maximum so that large p neither overflows nor underflows in float32
-    peak = x.amax(dim=(-2, -1), keepdim=True)
-    return peak[..., 0, 0] * (x / peak).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+    peak = y.amax(dim=(-2, -1), keepdim=True)
+    return peak[..., 0, 0] * y.div_(peak).pow_(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
 def rmac_regions(H: int, W: int, L: int = 3, overlap: float = 0.4) -> list[tuple[int, int, int, int]]:
@@ -107,10 +108,19 @@ def rmac(x: torch.Tensor, L: int = 3, overlap: float = 0.4, eps: float = 1e-6) -
     return l2n(torch.stack(region_macs, dim=-2), eps).sum(dim=-2)
 
 
+def _rectified(x: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0)``; ``x`` itself (no copy) when it has no negative value."""
+    return x.clamp(min=0) if bool(x.amin() < 0) else x
+
+
 def crow_spatial_weights(x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
-    """CroW spatial weights ``(S / ||S||_a)^(1/b)`` with ``S = sum_c x[c]``; shape ``[..., H, W]``."""
+    """CroW spatial weights ``(S / ||S||_a)^(1/b)`` with ``S = sum_c max(x[c], 0)``; shape ``[..., H, W]``.
+
+    CroW is defined on non-negative (post-ReLU) activations; a map with negative values (a linear
+    bottleneck such as EfficientNet's block outputs) is rectified first, else ``S^(1/b)`` of a
+    negative sum would be NaN."""
     _check_map(x)
-    S = x.sum(dim=-3)
+    S = _rectified(x).sum(dim=-3)
     norm = S.pow(a).sum(dim=(-2, -1), keepdim=True).pow(1.0 / a)
     return (S / (norm + eps)).pow(1.0 / b)
 
@@ -126,7 +136,10 @@ def crow_channel_weights(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def crow(x: torch.Tensor, a: float = 2.0, b: float = 2.0) -> torch.Tensor:
-    """CroW: spatially weighted sum pooling times the channel weights."""
+    """CroW: spatially weighted sum pooling times the channel weights, on the rectified map
+    ``max(x, 0)`` (the definition assumes post-ReLU activations; see :func:`crow_spatial_weights`)."""
+    _check_map(x)
+    x = _rectified(x)
     S = crow_spatial_weights(x, a, b)
     pooled = (x * S.unsqueeze(-3)).sum(dim=(-2, -1))
     return pooled * crow_channel_weights(x)

@@ -80,6 +80,21 @@ def test_crow_weights_on_hand_made_map():
     torch.testing.assert_close(pooled, torch.stack([(x[c] * S).sum() for c in range(2)]) * C)
 
 
+def test_crow_rectifies_maps_with_negative_values():
+    # a linear bottleneck (EfficientNet's block outputs) has negative activations: CroW's S^(1/b)
+    # of a negative channel sum was NaN; CroW is defined on post-ReLU maps, so it rectifies
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 7)
+    x[:, 2, :] = -1.0  # a row whose channel sum is negative everywhere
+    got = crow(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, crow(x.clamp(min=0)))
+    assert torch.isfinite(crow_spatial_weights(x)).all()
+    torch.testing.assert_close(crow_spatial_weights(x), crow_spatial_weights(x.clamp(min=0)))
+    y = torch.rand(3, 4, 4)  # non-negative maps are used as they are
+    torch.testing.assert_close(crow(y), crow(y.clamp(min=0)))
+
+
 def test_crow_dead_channel_gets_zero_weight():
     x = torch.zeros(3, 4, 4)
     x[0, 1, 1] = 1.0

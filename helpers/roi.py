@@ -744,7 +744,9 @@ def load_split_image(dataset, split: str, index: int, max_side: int | None) -> n
 def _progress(items, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0)
+    from .features import progress_enabled
+
+    return tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0, disable=not progress_enabled())
 
 
 # ---------------------------------------------------------------------------------------------

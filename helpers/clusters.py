@@ -183,8 +183,9 @@ def pca_project(descriptors, n_components: int, random_state: int = 0):
 
     ``projected[:, k]`` is the k-th principal coordinate of the centred descriptors and
     ``variances[k]`` its variance (the k-th eigenvalue of the covariance, ``sigma_k`` of eq. 2).
-    How, by the shape and sparsity of the descriptors (all three give the same components; the
-    first two are what a conv map takes):
+    How, by the shape and sparsity of the descriptors (the first two are what a conv map takes; the
+    first and third agree with an exact SVD to float precision, the second within the tolerance
+    given for it):
 
     * a conv map's cells (``min(N, D) >= 200``, few components) that are mostly zeros (after a
       ReLU: EfficientNet-Lite0's ``conv_head`` is ~95% zeros): scipy's ``svds`` (PROPACK) of the

@@ -141,8 +141,8 @@ _BLAS_CONTROLLER = None
 def _one_blas_thread():
     """A context in which numpy's and scipy's BLAS run on one thread.
 
-    The iterative solvers used here (ARPACK for the sparse PCA and the Ncut eigenvectors, the
-    Yu-Shi discretisation) call BLAS on 1024-long vectors thousands of times: a second BLAS
+    The iterative solvers used here (PROPACK for the sparse PCA, ARPACK for the Ncut eigenvectors,
+    the Yu-Shi discretisation) call BLAS on 1024-long vectors thousands of times: a second BLAS
     thread only adds hand-offs, and it competes with torch's threads that have just run the
     distances. Measured on the 2-core VM: ARPACK's 20 eigenvectors of a 1024 x 1024 affinity take
     13 ms on one BLAS thread against 24-54 ms on two. (The controller is built once: building one

@@ -17,12 +17,18 @@ Cache layout (``$INSTRET_CACHE`` or ``<repo>/cache``)::
 
     features/<dataset.key>/<backbone>-<weights_id>/<split>-<image_size>/
         meta.json                 image sizes, skipped files
-        <layer>.maps.pt           list of float16 C x h x w tensors (one per image)
+        <layer>.maps.f16          the float16 C x h x w maps of all images, one after the other
+        <layer>.maps.json         their shapes (written last: a maps entry exists when this does)
         <layer>.vectors.npz       one N x C float32 array per pooling (l2-normalised)
 
 Every key (dataset identity, backbone, weights, layer, image size, split) is part of the path, so a
 change of any of them is a different entry. Files are written to a temporary name and renamed, so an
 interrupted run never leaves a half-written entry. Delete the folder to clear the cache.
+
+Maps are streamed to disk image by image, not held in memory, so extracting the maps of a large
+dataset needs the memory of one image's maps; the five poolings of a vector tap are computed in one
+pass (:func:`helpers.pooling.pool_all`). ``benchmarks/extraction.py`` measures what this costs over a
+bare forward pass.
 
 Files that cannot be read (:class:`helpers.images.ImageReadError`) are skipped with a warning naming
 the file and the reason; they keep their index with an all-zero feature (so they are never
@@ -34,8 +40,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +50,11 @@ import torch
 
 from .backbones import Backbone
 from .images import ImageReadError, displayed_size, load_image, load_query
-from .pooling import POOLINGS, l2n
+from .pooling import POOLINGS, pool_all
 
 __all__ = [
-    "SPLITS", "atomic_write", "bbx_on_map", "cache_root", "checked_box", "db_alias", "extract_maps", "prefetch",
-    "split_images", "extract_vectors", "extraction_info",]
+    "SPLITS", "atomic_path", "atomic_write", "bbx_on_map", "cache_root", "checked_box", "db_alias", "extract_maps",
+    "prefetch", "split_images", "extract_vectors", "extraction_info",]
 
 SPLITS = ("db", "query", "query_full")
 
@@ -73,8 +80,10 @@ def progress_enabled() -> bool:
 
 
 #: Bumped whenever cached maps or vectors would come out differently (2: CroW rectifies maps with
-#: negative values, which gave NaN vectors for EfficientNet's block taps before).
-CACHE_FORMAT = 2
+#: negative values, which gave NaN vectors for EfficientNet's block taps before; 3: maps stored as
+#: raw float16 streams with a shape index instead of pickled tensor lists, vectors always pooled from
+#: the float32 maps).
+CACHE_FORMAT = 3
 
 
 def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path:
@@ -82,21 +91,59 @@ def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path
             / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}-v{CACHE_FORMAT}")
 
 
-def atomic_write(path, write) -> None:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which
-    then replaces ``path`` in one step, so a crash or a concurrent reader never sees half a file.
-    Every cache of the suite (features, ACTNET heads, RoI arrays) writes through this."""
+@contextmanager
+def atomic_path(path):
+    """A temporary path in the folder of ``path`` for the ``with`` block to write; when the block
+    ends without an exception the file replaces ``path`` in one step, otherwise it is removed. So a
+    crash or a concurrent reader never sees half a file.
+
+    The temporary file is not created here: the writer creates it. (Re-opening an empty file with
+    ``"wb"`` truncates it, and on ext4 a truncated file is flushed to disk when closed, which made
+    every cache write wait for the disk.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
-        write(tmp)
+        yield str(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path, write) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which
+    then replaces ``path`` (:func:`atomic_path`). Every cache of the suite (features, ACTNET heads,
+    RoI arrays) writes through this."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def _maps_files(entry: Path, layer: str) -> tuple[Path, Path]:
+    """The raw float16 data and the shape index of a layer's cached maps."""
+    return entry / f"{layer}.maps.f16", entry / f"{layer}.maps.json"
+
+
+def _has_maps(entry: Path, layer: str) -> bool:
+    data, index = _maps_files(entry, layer)
+    return index.is_file() and data.is_file()
+
+
+def _read_maps(entry: Path, layer: str) -> list[torch.Tensor]:
+    """The cached maps of a layer as float32 tensors (``C x h x w``, or ``D`` for fc/logits)."""
+    data_path, index_path = _maps_files(entry, layer)
+    shapes = [tuple(s) for s in json.loads(index_path.read_text())["shapes"]]
+    sizes = [int(np.prod(s)) for s in shapes]
+    stored = data_path.stat().st_size // 2
+    if stored != sum(sizes):
+        raise RuntimeError(f"the cached maps {data_path} hold {stored} values where their index says "
+                           f"{sum(sizes)}: the cache entry is damaged; delete {entry} and run again")
+    if not stored:
+        return [torch.zeros(shape) for shape in shapes]
+    # mapped, not read: only the float32 copies returned take memory (mode "c": private, never written back)
+    tensor = torch.from_numpy(np.memmap(data_path, dtype=np.float16, mode="c"))
+    offsets = np.cumsum([0, *sizes])
+    return [tensor[a:b].view(shape).float() for a, b, shape in zip(offsets, offsets[1:], shapes)]
 
 
 def _check_args(image_size, split):
@@ -138,61 +185,77 @@ def _load(path, bbx, image_size):
     return load_query(path, bbx, image_size)
 
 
-def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_layers, desc):
-    """One pass of the backbone over the split; writes the requested cache files and returns the
-    maps of ``map_layers`` (``{layer: [C x h x w float16]}``, as cached)."""
+def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_layers, desc) -> None:
+    """One pass of the backbone over the split, writing the requested cache files: the maps of
+    ``map_layers`` streamed to disk as float16 image by image, and the five poolings of
+    ``vector_layers`` pooled from the float32 maps of the network. A conv tap whose maps are written
+    gets its vectors in the same pass, so vectors always come from the float32 maps, never from
+    the float16 copies in the cache: one answer whichever was asked for first."""
     from tqdm.auto import tqdm
 
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    vector_layers = list(dict.fromkeys([*vector_layers, *(
+        t for t in map_layers if t not in ("fc", "logits") and not (entry / f"{t}.vectors.npz").is_file())]))
     layers = list(dict.fromkeys([*map_layers, *vector_layers]))
     jobs = split_images(dataset, split)
-    maps = {layer: [] for layer in map_layers}
-    vectors = {layer: {name: [] for name in POOLINGS} for layer in vector_layers}
+    shapes = {layer: [] for layer in map_layers}
+    vectors = {layer: [] for layer in vector_layers}  # per image a 5 x C array, rows in POOLINGS order
     image_hw, original_hw, skipped = [], [], []
-    progress = tqdm(jobs, desc=desc, unit="img", leave=False, mininterval=1.0, disable=not progress_enabled())
-    for index, (path, bbx) in enumerate(progress):
-        try:
-            img = _load(path, bbx, image_size)
-            orig = displayed_size(path)
-        except (ImageReadError, ValueError, OSError) as exc:
-            reason = getattr(exc, "reason", str(exc))
-            warnings.warn(f"skipping {path}: {reason}", SkippedImageWarning, stacklevel=2)
-            skipped.append({"index": index, "path": str(Path(path).name), "reason": str(reason)})
-            img = None
-            orig = (0, 0)
-        if img is not None:
-            taps = backbone.forward_taps(backbone.preprocess(img), layers)
-            image_hw.append(list(img.shape[:2]))
-        else:
-            taps = {layer: torch.zeros((1, backbone.channels(layer)) + ((1, 1) if layer not in ("fc", "logits") else ()),
-                                       device=backbone.device) for layer in layers}
-            image_hw.append([0, 0])
-        original_hw.append(list(orig))
-        stored = {layer: taps[layer][0].to(torch.float16) for layer in layers}  # as cached, on the device
+    with ExitStack() as files:  # each layer's maps go straight to a temporary file, renamed at the end
+        streams = {}
         for layer in map_layers:
-            maps[layer].append(stored[layer].cpu())
-        for layer in vector_layers:
-            # pooled from the float16-rounded map, exactly as from cached maps (one answer either way)
-            x = stored[layer].float()
-            for name, fn in POOLINGS.items():
-                if img is None:  # a skipped image is never retrieved
-                    vectors[layer][name].append(np.zeros(x.shape[0], dtype=np.float32))
-                else:
-                    vectors[layer][name].append(l2n(fn(x)).cpu().numpy())
+            tmp = files.enter_context(atomic_path(_maps_files(entry, layer)[0]))
+            streams[layer] = files.enter_context(open(tmp, "wb"))
+        progress = tqdm(jobs, desc=desc, unit="img", leave=False, mininterval=1.0, disable=not progress_enabled())
+        for index, (path, bbx) in enumerate(progress):
+            try:
+                img = _load(path, bbx, image_size)
+                orig = displayed_size(path)
+            except (ImageReadError, ValueError, OSError) as exc:
+                reason = getattr(exc, "reason", str(exc))
+                warnings.warn(f"skipping {path}: {reason}", SkippedImageWarning, stacklevel=2)
+                skipped.append({"index": index, "path": str(Path(path).name), "reason": str(reason)})
+                img = None
+                orig = (0, 0)
+            if img is not None:
+                taps = backbone.forward_taps(backbone.preprocess(img), layers)
+                image_hw.append(list(img.shape[:2]))
+            else:
+                taps = {layer: torch.zeros((1, backbone.channels(layer)) + ((1, 1) if layer not in ("fc", "logits") else ()),
+                                           device=backbone.device) for layer in layers}
+                image_hw.append([0, 0])
+            original_hw.append(list(orig))
+            for layer in layers:
+                tap = taps[layer][0]
+                if layer in streams:
+                    streams[layer].write(tap.to(torch.float16).cpu().numpy().data)
+                    shapes[layer].append(list(tap.shape))
+                if layer in vectors:  # a skipped image is never retrieved: zero vectors
+                    pooled = (torch.stack(list(pool_all(tap).values())).cpu().numpy() if img is not None
+                              else np.zeros((len(POOLINGS), tap.shape[0]), dtype=np.float32))
+                    vectors[layer].append(pooled)
+    # the maps' data files are in place; their indexes, written last, make them valid entries
+    for layer in map_layers:
+        index = {"format": CACHE_FORMAT, "dtype": "float16", "shapes": shapes[layer]}
+        atomic_write(_maps_files(entry, layer)[1], lambda tmp, i=index: Path(tmp).write_text(json.dumps(i)))
     if skipped:
         listing = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped)
         warnings.warn(f"{len(skipped)} of {len(jobs)} {split} images of {dataset.name} were skipped: "
                       f"{listing}", SkippedImageWarning, stacklevel=2)
-    entry = _entry_dir(dataset, backbone, image_size, split)
     meta = {"image_hw": image_hw, "original_hw": original_hw, "skipped": skipped,
             "dataset": dataset.name, "backbone": backbone.name, "weights_id": backbone.weights_id,
             "image_size": int(image_size), "split": split}
     atomic_write(entry / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
-    for layer in map_layers:
-        atomic_write(entry / f"{layer}.maps.pt", lambda tmp, m=maps[layer]: torch.save(m, tmp))
     for layer in vector_layers:
-        arrays = {name: np.stack(v).astype(np.float32) for name, v in vectors[layer].items()}
+        pooled = np.stack(vectors[layer], axis=1)  # 5 x N x C
+        arrays = {name: _l2n_rows(rows) for name, rows in zip(POOLINGS, pooled)}
         atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
-    return maps
+
+
+def _l2n_rows(vectors: np.ndarray) -> np.ndarray:
+    """:func:`helpers.pooling.l2n` of every row of an ``N x C`` array, as float32."""
+    vectors = vectors.astype(np.float32, copy=False)
+    return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-6))).astype(np.float32)
 
 
 def _save_npz(tmp, arrays):
@@ -205,9 +268,9 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
 
     :func:`extract_maps` and :func:`extract_vectors` run one pass per call; a method that needs
     several taps calls this first, so a cold cache costs one pass instead of one per tap.
-    ``map_layers`` get cached maps, ``vector_layers`` cached pooled vectors (a tap may be in both:
-    its vectors are then pooled in the same pass instead of from the maps read back later). Taps
-    already cached are skipped; the results of the later ``extract_*`` calls are the same either way.
+    ``map_layers`` get cached maps, ``vector_layers`` cached pooled vectors (every conv tap whose maps
+    are cached gets its vectors in the same pass too). Taps already cached are skipped; the results
+    of the later ``extract_*`` calls are the same either way.
     """
     _check_args(image_size, split)
     if db_alias(dataset, split) is not None:
@@ -218,9 +281,8 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
     bad = [t for t in vector_layers if t in ("fc", "logits")]
     if bad:
         raise ValueError(f"{bad} are already vectors; pass them as map_layers")
-    missing_maps = [t for t in map_layers if not (entry / f"{t}.maps.pt").is_file()]
-    missing_vectors = [t for t in vector_layers if not (entry / f"{t}.vectors.npz").is_file()
-                       and (t in missing_maps or not (entry / f"{t}.maps.pt").is_file())]
+    missing_maps = [t for t in map_layers if not _has_maps(entry, t)]
+    missing_vectors = [t for t in vector_layers if not (entry / f"{t}.vectors.npz").is_file()]
     if missing_maps or missing_vectors:
         _run_extraction(dataset, backbone, image_size, split, missing_maps, missing_vectors,
                         desc=f"{dataset.name} {split} {','.join(missing_maps + missing_vectors)}")
@@ -240,26 +302,21 @@ def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: st
         db = extract_maps(dataset, backbone, layers, image_size, "db")
         return {layer: [db[layer][j] for j in alias] for layer in layers}
     entry = _entry_dir(dataset, backbone, image_size, split)
-    missing = [layer for layer in layers if not (entry / f"{layer}.maps.pt").is_file()]
-    fresh = {}
-    if missing:  # the maps just computed are used as they are, not read back from the cache
-        fresh = _run_extraction(dataset, backbone, image_size, split, missing, [],
-                                desc=f"{dataset.name} {split} {','.join(missing)}")
-    out = {}
-    for layer in layers:
-        stored = fresh[layer] if layer in fresh else torch.load(entry / f"{layer}.maps.pt", map_location="cpu",
-                                                               weights_only=True)
-        out[layer] = [m.float() for m in stored]
-    return out
+    missing = [layer for layer in layers if not _has_maps(entry, layer)]
+    if missing:
+        _run_extraction(dataset, backbone, image_size, split, missing, [],
+                        desc=f"{dataset.name} {split} {','.join(missing)}")
+    return {layer: _read_maps(entry, layer) for layer in layers}
 
 
 def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, split: str = "db",
                     poolings=tuple(POOLINGS)):
     """l2-normalised pooled vectors ``{pooling: N x C float32}`` of one conv layer.
 
-    Computed during the forward pass without keeping the maps (so it scales to Oxford/Paris), or
-    from the cached maps when those already exist. Poolings use their default parameters
-    (GeM p=3, R-MAC L=3); for other parameters pool the maps from :func:`extract_maps` yourself.
+    Computed during the forward pass from the network's float32 maps, without keeping them (so it
+    scales to Oxford/Paris); extracting a tap's maps caches its vectors too. Poolings use their
+    default parameters (GeM p=3, R-MAC L=3); for other parameters pool the maps from
+    :func:`extract_maps` yourself.
     """
     _check_args(image_size, split)
     layer = backbone.resolve(layer)
@@ -277,17 +334,7 @@ def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, sp
     entry = _entry_dir(dataset, backbone, image_size, split)
     path = entry / f"{layer}.vectors.npz"
     if not path.is_file():
-        if (entry / f"{layer}.maps.pt").is_file():
-            maps = extract_maps(dataset, backbone, [layer], image_size, split)[layer]
-            arrays = {name: np.stack([l2n(fn(m)).numpy() for m in maps]).astype(np.float32)
-                      for name, fn in POOLINGS.items()}
-            skipped = [s["index"] for s in json.loads((entry / "meta.json").read_text())["skipped"]]
-            for name in arrays:
-                arrays[name][skipped] = 0.0  # a skipped image is never retrieved
-            atomic_write(path, lambda tmp: _save_npz(tmp, arrays))
-        else:
-            _run_extraction(dataset, backbone, image_size, split, [], [layer],
-                            desc=f"{dataset.name} {split} {layer}")
+        _run_extraction(dataset, backbone, image_size, split, [], [layer], desc=f"{dataset.name} {split} {layer}")
     with np.load(path) as data:
         return {name: data[name] for name in poolings}
 

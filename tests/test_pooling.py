@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers.pooling import (POOLINGS, crow, crow_channel_weights, crow_spatial_weights, gem, l2n, mac,
-                             pool, rmac, rmac_regions, spoc)
+                             pool, pool_all, rmac, rmac_regions, spoc)
 
 
 @pytest.fixture
@@ -110,3 +110,46 @@ def test_bad_input():
         pool(torch.ones(2, 3, 3), "avg")
     with pytest.raises(ValueError, match="empty"):
         spoc(torch.ones(2, 0, 3))
+
+
+@pytest.mark.parametrize("shape", [(16, 7, 9), (3, 1, 1), (5, 1, 7), (4, 30, 40), (4, 40, 30), (64, 13, 13),
+                                   (7, 3, 50), (2, 100, 3), (24, 61, 83)])
+@pytest.mark.parametrize("kind", ["relu", "signed", "sparse"])
+def test_pool_all_equals_the_five_definitions(shape, kind):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g)
+    if kind == "relu":
+        x = torch.relu(x)
+    elif kind == "sparse":  # mostly zeros, one channel all zero (CroW's Q = 0), some tiny values
+        x = torch.relu(x - 1.5) + 1e-7 * (torch.rand(*shape, generator=g) > 0.9)
+        x[0] = 0
+    pooled = pool_all(x)
+    assert list(pooled) == list(POOLINGS)
+    for name, fn in POOLINGS.items():
+        expected = fn(x)
+        assert pooled[name].shape == expected.shape and pooled[name].dtype == torch.float32
+        torch.testing.assert_close(pooled[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pool_all_of_a_float16_map_pools_its_values():
+    x = torch.relu(torch.randn(8, 11, 17, generator=torch.Generator().manual_seed(1))).half()
+    pooled = pool_all(x)
+    for name, fn in POOLINGS.items():
+        torch.testing.assert_close(pooled[name], fn(x.float()), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pool_all_propagates_nan_and_inf_like_the_definitions():
+    x = torch.relu(torch.randn(4, 6, 6, generator=torch.Generator().manual_seed(2)))
+    x[1, 2, 3] = float("nan")
+    x[2, 0, 0] = float("inf")
+    pooled = pool_all(x)
+    for name, fn in POOLINGS.items():
+        torch.testing.assert_close(pooled[name], fn(x), equal_nan=True, msg=name)
+    assert torch.isnan(pooled["spoc"][1]) and torch.isinf(pooled["mac"][2])
+
+
+def test_pool_all_takes_one_map():
+    with pytest.raises(ValueError, match="one map"):
+        pool_all(torch.ones(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="empty feature map"):
+        pool_all(torch.ones(3, 0, 4))

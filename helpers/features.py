@@ -255,7 +255,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
 def _l2n_rows(vectors: np.ndarray) -> np.ndarray:
     """:func:`helpers.pooling.l2n` of every row of an ``N x C`` array, as float32."""
     vectors = vectors.astype(np.float32, copy=False)
-    return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-6))).astype(np.float32)
+    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-6))
 
 
 def _save_npz(tmp, arrays):

@@ -51,6 +51,7 @@ import torch
 from .backbones import Backbone
 from .images import ImageReadError, displayed_size, load_image, load_query
 from .pooling import POOLINGS, pool_all
+from .whitening import l2n_np
 
 __all__ = [
     "SPLITS", "atomic_path", "atomic_write", "bbx_on_map", "cache_root", "checked_box", "db_alias", "extract_maps",
@@ -248,14 +249,8 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
     atomic_write(entry / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
     for layer in vector_layers:
         pooled = np.stack(vectors[layer], axis=1)  # 5 x N x C
-        arrays = {name: _l2n_rows(rows) for name, rows in zip(POOLINGS, pooled)}
+        arrays = {name: l2n_np(rows) for name, rows in zip(POOLINGS, pooled)}
         atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
-
-
-def _l2n_rows(vectors: np.ndarray) -> np.ndarray:
-    """:func:`helpers.pooling.l2n` of every row of an ``N x C`` array, as float32."""
-    vectors = vectors.astype(np.float32, copy=False)
-    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-6))
 
 
 def _save_npz(tmp, arrays):

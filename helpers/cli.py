@@ -1,30 +1,66 @@
-"""Command line: ``python -m helpers evaluate --dataset demo --backbone efficientnet_lite0 --method gem``.
+"""Command line: ``python -m helpers evaluate --dataset demo --backbone efficientnet_lite0 --method gem``
+and ``python -m helpers compare --dataset demo --methods gem,mac,rmac``.
 
 The last printed line is the result: ``mAP_E=… mAP_M=… mAP_H=…`` on revisited datasets (the demo
 sets, ROxford5k, RParis6k), ``mAP=…`` otherwise (UKBench: ``NS=… mAP=…``), in percent.
-Method options go through ``--option KEY=VALUE`` (repeatable), e.g. ``--option whiten=true``.
+Method options go through ``--option KEY=VALUE`` (repeatable), e.g. ``--option whiten=true``; their
+kinds are the methods' declared ones (:mod:`helpers.options`), and a wrong one is one ``error:`` line
+with exit status 2. ``compare`` prints each method's mAP and, for every method after the first, one
+line ``b vs a: diff=-3.21 ci=[-6.10,-0.40] p=0.031 verdict=worse`` (per-query AP differences, medium
+setting on revisited data; 95% paired bootstrap interval; sign-flip p-value; see
+:func:`helpers.evaluate.paired_comparison`).
 """
 from __future__ import annotations
 
 import argparse
-import ast
+import pickle
 import sys
 import warnings
 
 
-def _parse_option(text: str):
+def _parse_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, value text); the method's declared option kinds convert the text
+    (:func:`helpers.options.validate_options`)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--option expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    lowered = value.strip().lower()
-    if lowered in ("true", "false"):
-        return key.strip(), lowered == "true"
-    if lowered == "none":
-        return key.strip(), None
+    return key.strip(), value.strip()
+
+
+def _image_size(text: str) -> int:
+    from .images import check_image_size
+
     try:
-        return key.strip(), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.strip(), value
+        value = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_image_size(value, "--image-size")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _method_list(text: str) -> list[str]:
+    from .methods import available_methods
+
+    names = available_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in available_methods()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(available_methods())} or all")
+    return list(dict.fromkeys(names))
+
+
+def _run_compare(args) -> None:
+    from .evaluate import format_result
+    from .methods import compare_methods
+
+    out = compare_methods(args.dataset, args.methods, args.backbone, args.image_size, args.train_dataset,
+                          args.option)
+    first = args.methods[0]
+    for name, result in out["results"].items():
+        print(f"{name}: {format_result(result)}")
+    for name, comparison in out["comparisons"].items():
+        print(comparison.line(name, first))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "rparis6k, holidays or ukbench")
     ev.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
     ev.add_argument("--method", default="gem", choices=available_methods())
-    ev.add_argument("--image-size", type=int, default=None,
+    ev.add_argument("--image-size", type=_image_size, default=None,
                     help="long side in pixels (default: 640 for the demo sets, 1024 otherwise)")
     ev.add_argument("--train-dataset", default=None,
                     help="dataset to learn whitening / heads on (default: a disjoint one)")
     ev.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                     help="method option, repeatable")
+    cmp = sub.add_parser("compare", help="compare methods on the same queries (paired bootstrap)")
+    cmp.add_argument("--dataset", required=True, help="as for evaluate")
+    cmp.add_argument("--methods", required=True, type=_method_list,
+                     help=f"comma-separated, the first is the reference; or 'all' ({','.join(available_methods())})")
+    cmp.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
+    cmp.add_argument("--image-size", type=_image_size, default=None, help="as for evaluate")
+    cmp.add_argument("--train-dataset", default=None, help="as for evaluate")
+    cmp.add_argument("--option", action="append", type=_parse_option, default=[], metavar="[METHOD.]KEY=VALUE",
+                     help="method option, repeatable; a plain KEY goes to every method that declares it")
     return parser
 
 
@@ -55,17 +100,27 @@ def main(argv=None) -> int:
         from .evaluate import format_result
         from .methods import evaluate_method
 
-        if args.image_size is not None and args.image_size < 32:
-            parser.error(f"--image-size must be at least 32, got {args.image_size}")
         warnings.simplefilter("default")
         try:
             results = evaluate_method(args.dataset, args.backbone, args.method, args.image_size,
                                       args.train_dataset, **dict(args.option))
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            # wrong options, missing or damaged data, refused pickles, missing weights: one line
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"dataset={results['dataset']} backbone={results['backbone']} method={results['method']} "
               f"image_size={results['image_size']} train_dataset={results['train_dataset']}")
+        if results.get("unreadable"):
+            listing = "; ".join(f"{u['path']} ({u['reason']})" for u in results["unreadable"])
+            print(f"left out of the evaluation: {len(results['unreadable'])} unreadable images: {listing}")
         print(format_result(results))
+        return 0
+    if args.command == "compare":
+        warnings.simplefilter("default")
+        try:
+            _run_compare(args)
+        except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     return 1

@@ -51,10 +51,11 @@ import pickle
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from helpers.cache import atomic_write
 from helpers.downloads import PARIS6K_CORRUPT_IMAGES, known_sha256  # noqa: F401 (re-exported)
 
 PROTOCOLS = ("revisited", "classic", "holidays", "ukbench")
@@ -255,9 +256,12 @@ class RetrievalDataset:
     protocol: str
     instance_labels: list[str] | None = None
     query_labels: list[str] | None = None
-    #: identity of the image *contents* where the loader knows it (the demo's manifest digest, the
-    #: sizes and modification times of a folder's files); part of :attr:`key`
+    #: identity of the image *contents* where the loader knows it (the demo's manifest digest, a hash
+    #: of the bytes of a folder's files); part of :attr:`key`
     content_id: str = ""
+    #: images that could not be decoded, ``{full path: reason}``, filled by :mod:`helpers.features`
+    #: (:meth:`mark_unreadable`); the evaluation leaves them out of the ground truth
+    unreadable: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -297,6 +301,21 @@ class RetrievalDataset:
 
     def query_bbx(self, i: int) -> list[float] | None:
         return self.gnd[i]["bbx"]
+
+    def mark_unreadable(self, path, reason: str) -> None:
+        """Record that the image file ``path`` could not be decoded (see :attr:`unreadable`)."""
+        self.unreadable[str(path)] = str(reason)
+
+    def unreadable_indices(self) -> tuple[list[int], list[int]]:
+        """(database indices, query indices) whose image file is in :attr:`unreadable`."""
+        bad = self.unreadable
+        return ([i for i in range(self.n_db) if str(self.db_path(i)) in bad],
+                [q for q in range(self.n_queries) if str(self.query_path(q)) in bad])
+
+    def image_files(self) -> set[str]:
+        """The resolved paths of every database and query file (what two datasets share)."""
+        return {os.path.realpath(p) for p in [*map(self.db_path, range(self.n_db)),
+                                               *map(self.query_path, range(self.n_queries))]}
 
     @property
     def key(self) -> str:
@@ -355,10 +374,7 @@ def save_gnd_json(path, dataset_dict) -> Path:
         dataset_dict = dataset_dict.to_dict()
     clean = _validated_dict(dataset_dict)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(clean, indent=1), encoding="utf-8"))
     return path
 
 
@@ -725,6 +741,44 @@ def _require_images(name: str, folder: Path, root) -> None:
                                    detail="the folder holds no images" if folder.is_dir() else "")
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path) -> str:
+    """BLAKE2b digest of a file's bytes (what a folder dataset's identity is made of: a file changed in
+    place, even with its size and modification time kept, is new content).
+
+    Remembered for the process under the file's inode, size, mtime and ctime; ctime cannot be set
+    back by ``touch -r`` or an EXIF tool, so a rewritten file is always read again."""
+    path = Path(path)
+    st = path.stat()
+    stamp = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if stamp not in _DIGESTS:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[stamp] = digest.hexdigest()
+    return _DIGESTS[stamp]
+
+
+def check_training_set(train, evaluated) -> None:
+    """Refuse to learn on the evaluated set, whatever it is called.
+
+    ``folder:X/``, ``folder:X/../X`` and a symlink to ``X`` are the same images: the two datasets are
+    compared by the resolved paths of their files, not by name. Raises ``ValueError`` when the training
+    set holds every evaluated image; warns when the two share some images.
+    """
+    shared = train.image_files() & evaluated.image_files()
+    if not shared:
+        return
+    if shared == evaluated.image_files():
+        raise ValueError(f"the training dataset must differ from the evaluated one: {train.name!r} holds the "
+                         f"same images as {evaluated.name!r}; learn on another dataset (e.g. {default_train_dataset(evaluated.name)!r})")
+    warnings.warn(f"the training dataset {train.name!r} shares {len(shared)} of its images with the evaluated "
+                  f"{evaluated.name!r} (e.g. {sorted(shared)[0]}): results on them are optimistic", stacklevel=2)
+
+
 def default_train_dataset(name: str) -> str:
     """The dataset to learn whitening / train heads on when evaluating ``name`` (never ``name`` itself).
 
@@ -768,8 +822,8 @@ def load_dataset(name: str, root=None) -> RetrievalDataset:
         if not str(folder) or name == FOLDER_PREFIX:
             raise ValueError("'folder:' needs a path, e.g. 'folder:/data/my_photos'")
         gt = folder_ground_truth(folder)
-        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (folder / n for n in gt["imlist"])]
-        content = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]
+        digests = [file_digest(folder / n) for n in gt["imlist"]]
+        content = hashlib.sha256(json.dumps(digests).encode()).hexdigest()[:12]
         return RetrievalDataset(name=name, root=folder, content_id=content, **gt)
     _check_registered(name)
     if name in DEMO_NAMES:

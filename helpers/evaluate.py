@@ -297,12 +297,35 @@ def evaluate_ranks(protocol: str, ranks, gnd: Sequence[Mapping],
     raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
+def _without_unreadable(dataset, scores: np.ndarray, gnd: list):
+    """Scores and ground truth with the dataset's unreadable images taken out: their database rows
+    removed (and from every positive / junk list), their queries dropped. Returns (scores, gnd, kept
+    query indices, list of {"path", "reason"})."""
+    unreadable = getattr(dataset, "unreadable", None)
+    kept_q = list(range(len(gnd)))
+    if not unreadable:
+        return scores, gnd, kept_q, []
+    bad_db, bad_q = dataset.unreadable_indices()
+    if not bad_db and not bad_q:
+        return scores, gnd, kept_q, []
+    keep_db = np.setdiff1d(np.arange(scores.shape[0]), bad_db)
+    new_index = {int(old): new for new, old in enumerate(keep_db)}
+    kept_q = [q for q in kept_q if q not in set(bad_q)]
+    new_gnd = [{**{key: [new_index[i] for i in _indices(gnd[q], key) if int(i) in new_index]
+                   for key in ("easy", "hard", "junk")}, "bbx": gnd[q].get("bbx")} for q in kept_q]
+    listed = [{"path": p, "reason": r} for p, r in sorted(unreadable.items())]
+    return scores[keep_db][:, kept_q], new_gnd, kept_q, listed
+
+
 def evaluate_scores(dataset, scores, kappas: Iterable[int] = DEFAULT_KAPPAS) -> dict:
     """Evaluate a similarity matrix ``n_db x n_q`` (higher = more similar) on ``dataset``.
 
     ``dataset`` needs ``.protocol``, ``.gnd`` and, for the shape check, ``.imlist`` / ``.qimlist``
-    (a :class:`helpers.data.RetrievalDataset`). Returns the protocol's result dict, plus
-    "dataset" (its name, if any) and "n_queries".
+    (a :class:`helpers.data.RetrievalDataset`). Images the feature extraction could not read
+    (``dataset.unreadable``) are left out of the ground truth, as database images and as queries, so
+    the result equals that of the same dataset without those files; their per-query APs are NaN and
+    they are listed under "unreadable". Returns the protocol's result dict, plus "dataset" (its
+    name, if any), "n_queries" (queries evaluated) and "unreadable".
     """
     scores = np.asarray(scores)
     gnd = dataset.gnd
@@ -315,9 +338,19 @@ def evaluate_scores(dataset, scores, kappas: Iterable[int] = DEFAULT_KAPPAS) -> 
         hint = " (transposed? expected database along axis 0)" if scores.shape == expected[::-1] else ""
         raise ValueError(f"scores shape {scores.shape} does not match dataset "
                          f"{getattr(dataset, 'name', '')!r}: expected {expected}{hint}")
+    scores, gnd, kept_q, unreadable = _without_unreadable(dataset, scores, list(gnd))
+    if not kept_q:
+        raise ValueError(f"no query of {getattr(dataset, 'name', '')!r} could be read: nothing to evaluate")
     results = evaluate_ranks(dataset.protocol, ranks_from_scores(scores), gnd, kappas)
+    if len(kept_q) < n_queries:  # per-query APs stay aligned with the dataset's queries
+        for key, value in list(results.items()):
+            if key.startswith("AP_per_query"):
+                full = np.full(n_queries, np.nan)
+                full[kept_q] = value
+                results[key] = full
     results["dataset"] = getattr(dataset, "name", None)
-    results["n_queries"] = n_queries
+    results["n_queries"] = len(kept_q)
+    results["unreadable"] = unreadable
     return results
 
 
@@ -333,3 +366,156 @@ def format_result(results: Mapping) -> str:
         parts.append(f"NS={results['NS_score']:.2f}")
     parts.append(f"mAP={results['mAP']:.2f}")
     return " ".join(parts)
+
+
+# ------------------------------------------------------------------------ headlines and verdicts
+
+#: How many times the queries are resampled for a bootstrap interval, and the seed that makes every
+#: interval of the suite reproducible.
+N_RESAMPLES = 10_000
+SEED = 0
+#: The three verdicts on a paper's claim.
+REPRODUCED, CONTRADICTED, NOT_SEPARABLE = "reproduced", "contradicted", "not separable on this data"
+
+
+def headline(results: Mapping) -> tuple[str, float]:
+    """The one number a result is ranked by: ``("mAP_M", value)`` on the revisited protocol (the
+    medium setting, as the revisitop papers rank), ``("mAP", value)`` otherwise."""
+    key = "mAP_M" if "mAP_M" in results else "mAP"
+    if key not in results:
+        raise ValueError(f"not an evaluation result (no mAP): keys {sorted(results)}")
+    return key, float(results[key])
+
+
+def per_query_ap(results: Mapping, setting: str = "M") -> np.ndarray:
+    """Per-query APs (percent, NaN where a query has no positive) behind :func:`headline`, or behind
+    the given revisited setting ``"E"``, ``"M"`` or ``"H"``."""
+    key = f"AP_per_query_{setting}" if f"AP_per_query_{setting}" in results else "AP_per_query"
+    if key not in results:
+        raise ValueError(f"the result holds no per-query APs (keys {sorted(results)})")
+    return np.asarray(results[key], dtype=np.float64)
+
+
+def _paired_rows(*aps) -> np.ndarray:
+    if len({len(np.ravel(a)) for a in aps}) != 1:
+        raise ValueError(f"per-query APs must cover the same queries, got lengths {[len(np.ravel(a)) for a in aps]}")
+    rows = np.vstack([np.asarray(a, dtype=np.float64).ravel() for a in aps])
+    rows = rows[:, np.isfinite(rows).all(axis=0)]   # queries every method could evaluate
+    if rows.shape[1] < 2:
+        raise ValueError("a paired comparison needs at least 2 queries that every method evaluates")
+    return rows
+
+
+def _bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def _sign_flip_p(diffs: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Two-sided p-value of the paired permutation (sign-flip) test of a zero mean difference:
+    exact over all 2^n sign patterns for n <= 16, else from ``n_resamples`` random ones."""
+    observed = abs(diffs.mean())
+    n = len(diffs)
+    if n <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float(np.mean(np.abs((signs * diffs).mean(axis=1)) >= observed - 1e-12))
+    signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], size=(n_resamples, n))
+    hits = np.count_nonzero(np.abs((signs * diffs).mean(axis=1)) >= observed - 1e-12)
+    return float((hits + 1) / (n_resamples + 1))
+
+
+class PairedComparison(dict):
+    """The result of :func:`paired_comparison`, a dict with attribute access: ``diff`` (mean of
+    b - a over queries, AP points), ``ci`` (95% bootstrap interval of it), ``p`` (sign-flip test),
+    ``n_queries``, ``verdict`` (``"better"``, ``"worse"`` or ``"tie"`` for b against a) and, where a
+    claim's direction was given, ``claim`` (:data:`REPRODUCED`, :data:`CONTRADICTED` or
+    :data:`NOT_SEPARABLE`)."""
+
+    __getattr__ = dict.__getitem__
+
+    def line(self, name_b: str = "b", name_a: str = "a") -> str:
+        """``b vs a: diff=-3.21 ci=[-6.10,-0.40] p=0.031 verdict=worse``"""
+        return (f"{name_b} vs {name_a}: diff={self['diff']:+.2f} ci=[{self['ci'][0]:+.2f},{self['ci'][1]:+.2f}] "
+                f"p={self['p']:.3f} verdict={self['verdict']}")
+
+    def claim_line(self, claim: str) -> str:
+        """``<claim>: reproduced (diff=+2.10, 95% CI [+0.40, +3.90], p=0.012, 70 queries)``"""
+        return (f"{claim}: {self['claim']} (diff={self['diff']:+.2f}, 95% CI [{self['ci'][0]:+.2f}, "
+                f"{self['ci'][1]:+.2f}], p={self['p']:.3f}, {self['n_queries']} queries)")
+
+
+def _decide(low: float, high: float, expected: int | None) -> tuple[str, str | None]:
+    verdict = "better" if low > 0 else "worse" if high < 0 else "tie"
+    if expected is None:
+        return verdict, None
+    if expected not in (1, -1):
+        raise ValueError(f"expected must be +1 (b above a), -1 (b below a) or None, got {expected!r}")
+    if low > 0 or high < 0:
+        return verdict, REPRODUCED if (low > 0) == (expected > 0) else CONTRADICTED
+    return verdict, NOT_SEPARABLE
+
+
+def paired_comparison(ap_a, ap_b, expected: int | None = None, n_resamples: int = N_RESAMPLES,
+                      seed: int = SEED, confidence: float = 0.95) -> PairedComparison:
+    """Compare method b with method a on the same queries (per-query APs, e.g. :func:`per_query_ap`).
+
+    The mean difference b - a, its paired bootstrap interval (queries resampled with replacement,
+    ``n_resamples`` times, fixed ``seed``; percentile interval at ``confidence``) and the two-sided
+    p-value of a paired sign-flip test. Queries that either method could not evaluate (NaN) are left
+    out of both. ``verdict`` is "better" / "worse" when the interval excludes zero, "tie" otherwise.
+    ``expected`` is the direction a paper claims (+1: b above a, -1: b below a): the claim is then
+    reproduced when the interval lies on that side of zero, contradicted when it lies on the other,
+    and not separable on this data when it contains zero. Identical APs are a tie.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    a, b = _paired_rows(ap_a, ap_b)
+    diffs = b - a
+    means = diffs[_bootstrap_indices(len(diffs), int(n_resamples), seed)].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = (float(v) for v in np.percentile(means, [tail, 100 - tail]))
+    if not diffs.any():
+        low = high = 0.0
+    verdict, claim = _decide(low, high, expected) if (low, high) != (0.0, 0.0) else (
+        "tie", None if expected is None else NOT_SEPARABLE)
+    return PairedComparison(diff=float(diffs.mean()), ci=(low, high), p=_sign_flip_p(diffs, int(n_resamples), seed),
+                            n_queries=int(len(diffs)), verdict=verdict, claim=claim)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(y) == 0:
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
+def trend_comparison(aps_by_point: Sequence, xs: Sequence[float] | None = None, expected: int | None = None,
+                     n_resamples: int = N_RESAMPLES, seed: int = SEED, confidence: float = 0.95) -> PairedComparison:
+    """Is there a trend along a sweep (mAP against K, against depth, ...)? The rank correlation
+    (Spearman) between the points' ``xs`` and their mAPs, with a bootstrap interval over queries
+    (the same resampled queries at every point, so the points stay paired) and a permutation
+    p-value (the points' order shuffled per query). ``expected`` +1 claims a rising trend, -1 a
+    falling one. Returns a :class:`PairedComparison` whose ``diff`` is the correlation (-1..1) and
+    which also holds ``steps``: the paired comparison of each point with the one before."""
+    rows = _paired_rows(*aps_by_point)                     # points x queries
+    n_points, n_queries = rows.shape
+    if n_points < 3:
+        raise ValueError("a trend needs at least 3 points; compare two with paired_comparison")
+    xs = np.arange(n_points, dtype=float) if xs is None else np.asarray(xs, dtype=float)
+    rho = _spearman(xs, rows.mean(axis=1))
+    idx = _bootstrap_indices(n_queries, int(n_resamples), seed)
+    boot = np.array([_spearman(xs, rows[:, i].mean(axis=1)) for i in idx])
+    tail = 100 * (1 - confidence) / 2
+    low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
+    rng = np.random.default_rng(seed + 1)
+    n_perm = min(int(n_resamples), 2000)
+    perm = np.empty(n_perm)
+    for k in range(n_perm):
+        shuffled = np.take_along_axis(rows, np.argsort(rng.random(rows.shape), axis=0), axis=0)
+        perm[k] = _spearman(xs, shuffled.mean(axis=1))
+    p = float((np.count_nonzero(np.abs(perm) >= abs(rho) - 1e-12) + 1) / (n_perm + 1))
+    verdict, claim = _decide(low, high, expected)
+    verdict = {"better": "rising", "worse": "falling", "tie": "no trend"}[verdict]
+    steps = [paired_comparison(rows[i - 1], rows[i], n_resamples=n_resamples, seed=seed) for i in range(1, n_points)]
+    return PairedComparison(diff=rho, ci=(low, high), p=p, n_queries=int(n_queries), verdict=verdict,
+                            claim=claim, steps=steps)

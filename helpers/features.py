@@ -15,15 +15,16 @@ taken from the ``"db"`` split instead of being computed twice.
 
 Cache layout (``$INSTRET_CACHE`` or ``<repo>/cache``)::
 
-    features/<dataset.key>/<backbone>-<weights_id>/<split>-<image_size>/
+    features/<dataset.key>/<backbone>-<weights_id>/<split>-<image_size>-v<CACHE_FORMAT>/
         meta.json                 image sizes, skipped files
         <layer>.maps.f16          the float16 C x h x w maps of all images, one after the other
         <layer>.maps.json         their shapes (written last: a maps entry exists when this does)
         <layer>.vectors.npz       one N x C float32 array per pooling (l2-normalised)
 
-Every key (dataset identity, backbone, weights, layer, image size, split) is part of the path, so a
-change of any of them is a different entry. Files are written to a temporary name and renamed, so an
-interrupted run never leaves a half-written entry. Delete the folder to clear the cache.
+Every key (dataset identity, backbone, weights, layer, image size, split, cache format ``v<N>``) is part
+of the path, so a change of any of them is a different entry. Files are written through
+:func:`helpers.cache.atomic_write`, so an interrupted run never leaves a half-written entry. Delete the
+folder to clear the cache.
 
 Maps are streamed to disk image by image, not held in memory, so extracting the maps of a large
 dataset needs the memory of one image's maps; the five poolings of a vector tap are computed in one
@@ -31,24 +32,28 @@ pass (:func:`helpers.pooling.pool_all`). ``benchmarks/extraction.py`` measures w
 bare forward pass.
 
 Files that cannot be read (:class:`helpers.images.ImageReadError`) are skipped with a warning naming
-the file and the reason; they keep their index with an all-zero feature (so they are never
-retrieved), the run completes, and a summary warning lists them. :func:`extraction_info` returns
-the same list.
+the file and the reason; they keep their index with an all-zero feature, the run completes, and a
+summary warning lists them. Every ``extract_*`` call (cold or warm) tells the dataset which images
+were skipped (``dataset.mark_unreadable``), and :func:`helpers.evaluate.evaluate_scores` leaves them
+out of the ground truth, as queries and as database images, so an unreadable file never counts.
+:func:`extraction_info` returns the same list.
+
+Damaged cache files (a truncated archive, bad JSON, maps whose size does not match their index) are
+reported with a :class:`helpers.cache.DamagedCacheWarning` naming the file, deleted and rebuilt.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
-import uuid
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .backbones import Backbone
+from .cache import DamagedCacheError, atomic_path, atomic_write, cache_root, read_entry, safe_name
 from .images import ImageReadError, displayed_size, load_image, load_query
 from .pooling import POOLINGS, pool_all
 from .whitening import l2n_np
@@ -64,60 +69,19 @@ class SkippedImageWarning(UserWarning):
     """An image could not be read and was skipped (its features are all zero)."""
 
 
-def cache_root() -> Path:
-    """``$INSTRET_CACHE`` or ``<repo>/cache``."""
-    env = os.environ.get("INSTRET_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", str(text))
-
-
 def progress_enabled() -> bool:
     """Progress bars are on unless ``INSTRET_PROGRESS=0`` (the test command sets it, so that the
     notebooks' checked outputs do not depend on whether the cache was warm)."""
     return os.environ.get("INSTRET_PROGRESS", "1") != "0"
 
 
-#: Bumped whenever cached maps or vectors would come out differently (2: CroW rectifies maps with
-#: negative values, which gave NaN vectors for EfficientNet's block taps before; 3: maps stored as
-#: raw float16 streams with a shape index instead of pickled tensor lists, vectors always pooled from
-#: the float32 maps).
+#: Part of every entry's path: bump it whenever cached maps or vectors would come out differently.
 CACHE_FORMAT = 3
 
 
 def _entry_dir(dataset, backbone: Backbone, image_size: int, split: str) -> Path:
-    return (cache_root() / "features" / _safe(dataset.key)
-            / f"{_safe(backbone.name)}-{_safe(backbone.weights_id)}" / f"{split}-{int(image_size)}-v{CACHE_FORMAT}")
-
-
-@contextmanager
-def atomic_path(path):
-    """A temporary path in the folder of ``path`` for the ``with`` block to write; when the block
-    ends without an exception the file replaces ``path`` in one step, otherwise it is removed. So a
-    crash or a concurrent reader never sees half a file.
-
-    The temporary file is not created here: the writer creates it. (Re-opening an empty file with
-    ``"wb"`` truncates it, and on ext4 a truncated file is flushed to disk when closed, which made
-    every cache write wait for the disk.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write(path, write) -> None:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which
-    then replaces ``path`` (:func:`atomic_path`). Every cache of the suite (features, ACTNET heads,
-    RoI arrays) writes through this."""
-    with atomic_path(path) as tmp:
-        write(tmp)
+    return (cache_root() / "features" / safe_name(dataset.key)
+            / f"{safe_name(backbone.name)}-{safe_name(backbone.weights_id)}" / f"{split}-{int(image_size)}-v{CACHE_FORMAT}")
 
 
 def _maps_files(entry: Path, layer: str) -> tuple[Path, Path]:
@@ -125,26 +89,71 @@ def _maps_files(entry: Path, layer: str) -> tuple[Path, Path]:
     return entry / f"{layer}.maps.f16", entry / f"{layer}.maps.json"
 
 
-def _has_maps(entry: Path, layer: str) -> bool:
-    data, index = _maps_files(entry, layer)
-    return index.is_file() and data.is_file()
-
-
-def _read_maps(entry: Path, layer: str) -> list[torch.Tensor]:
-    """The cached maps of a layer as float32 tensors (``C x h x w``, or ``D`` for fc/logits)."""
-    data_path, index_path = _maps_files(entry, layer)
+def _maps_shapes(index_path: Path, data_path: Path) -> list[tuple]:
     shapes = [tuple(s) for s in json.loads(index_path.read_text())["shapes"]]
-    sizes = [int(np.prod(s)) for s in shapes]
     stored = data_path.stat().st_size // 2
-    if stored != sum(sizes):
-        raise RuntimeError(f"the cached maps {data_path} hold {stored} values where their index says "
-                           f"{sum(sizes)}: the cache entry is damaged; delete {entry} and run again")
-    if not stored:
+    expected = sum(int(np.prod(s)) for s in shapes)
+    if stored != expected:
+        raise DamagedCacheError(f"{data_path.name} holds {stored} values where its index says {expected}")
+    return shapes
+
+
+def _cached_map_shapes(entry: Path, layer: str) -> list[tuple] | None:
+    """The shapes of a layer's cached maps, or None when they are missing or damaged (a damaged
+    entry is reported and deleted, so it is rebuilt)."""
+    data, index = _maps_files(entry, layer)
+    if not data.is_file():
+        return None
+    return read_entry(index, lambda p: _maps_shapes(p, data), "cached maps index", remove=(data,))
+
+
+def _read_maps(entry: Path, layer: str, shapes: list[tuple]) -> list[torch.Tensor]:
+    """The cached maps of a layer as float32 tensors (``C x h x w``, or ``D`` for fc/logits)."""
+    data_path = _maps_files(entry, layer)[0]
+    sizes = [int(np.prod(s)) for s in shapes]
+    if not sum(sizes):
         return [torch.zeros(shape) for shape in shapes]
     # mapped, not read: only the float32 copies returned take memory (mode "c": private, never written back)
     tensor = torch.from_numpy(np.memmap(data_path, dtype=np.float16, mode="c"))
     offsets = np.cumsum([0, *sizes])
     return [tensor[a:b].view(shape).float() for a, b, shape in zip(offsets, offsets[1:], shapes)]
+
+
+def _vectors_file(entry: Path, layer: str) -> Path:
+    return entry / f"{layer}.vectors.npz"
+
+
+def _read_vectors(path: Path, poolings) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in poolings}
+
+
+def _has_vectors(entry: Path, layer: str) -> bool:
+    """Whether a layer's vectors are cached with every pooling (reads the archive's directory only,
+    which a truncated archive lacks)."""
+    def complete(path):
+        with np.load(path, allow_pickle=False) as data:
+            missing = set(POOLINGS) - set(data.files)
+        if missing:
+            raise DamagedCacheError(f"it lacks the poolings {sorted(missing)}")
+        return True
+
+    return bool(read_entry(_vectors_file(entry, layer), complete, "cached vectors"))
+
+
+def _read_meta(entry: Path) -> dict | None:
+    return read_entry(entry / "meta.json", lambda p: json.loads(p.read_text()), "cache metadata")
+
+
+def _note_unreadable(dataset, entry: Path, split: str) -> None:
+    """Tell ``dataset`` which of its images the extraction of this entry could not read, so that
+    the evaluation leaves them out of the ground truth (:func:`helpers.evaluate.evaluate_scores`)."""
+    meta = _read_meta(entry)
+    if not meta or not meta.get("skipped") or not hasattr(dataset, "mark_unreadable"):
+        return
+    paths = split_images(dataset, split)
+    for record in meta["skipped"]:
+        dataset.mark_unreadable(paths[int(record["index"])][0], record["reason"])
 
 
 def _check_args(image_size, split):
@@ -196,7 +205,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
 
     entry = _entry_dir(dataset, backbone, image_size, split)
     vector_layers = list(dict.fromkeys([*vector_layers, *(
-        t for t in map_layers if t not in ("fc", "logits") and not (entry / f"{t}.vectors.npz").is_file())]))
+        t for t in map_layers if t not in ("fc", "logits") and not _has_vectors(entry, t))]))
     layers = list(dict.fromkeys([*map_layers, *vector_layers]))
     jobs = split_images(dataset, split)
     shapes = {layer: [] for layer in map_layers}
@@ -250,7 +259,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
     for layer in vector_layers:
         pooled = np.stack(vectors[layer], axis=1)  # 5 x N x C
         arrays = {name: l2n_np(rows) for name, rows in zip(POOLINGS, pooled)}
-        atomic_write(entry / f"{layer}.vectors.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
+        atomic_write(_vectors_file(entry, layer), lambda tmp, a=arrays: _save_npz(tmp, a))
 
 
 def _save_npz(tmp, arrays):
@@ -276,11 +285,12 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
     bad = [t for t in vector_layers if t in ("fc", "logits")]
     if bad:
         raise ValueError(f"{bad} are already vectors; pass them as map_layers")
-    missing_maps = [t for t in map_layers if not _has_maps(entry, t)]
-    missing_vectors = [t for t in vector_layers if not (entry / f"{t}.vectors.npz").is_file()]
-    if missing_maps or missing_vectors:
+    missing_maps = [t for t in map_layers if _cached_map_shapes(entry, t) is None]
+    missing_vectors = [t for t in vector_layers if not _has_vectors(entry, t)]
+    if missing_maps or missing_vectors or _read_meta(entry) is None:
         _run_extraction(dataset, backbone, image_size, split, missing_maps, missing_vectors,
                         desc=f"{dataset.name} {split} {','.join(missing_maps + missing_vectors)}")
+    _note_unreadable(dataset, entry, split)
 
 
 def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: str = "db"):
@@ -297,11 +307,14 @@ def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: st
         db = extract_maps(dataset, backbone, layers, image_size, "db")
         return {layer: [db[layer][j] for j in alias] for layer in layers}
     entry = _entry_dir(dataset, backbone, image_size, split)
-    missing = [layer for layer in layers if not _has_maps(entry, layer)]
-    if missing:
-        _run_extraction(dataset, backbone, image_size, split, missing, [],
-                        desc=f"{dataset.name} {split} {','.join(missing)}")
-    return {layer: _read_maps(entry, layer) for layer in layers}
+    shapes = {layer: _cached_map_shapes(entry, layer) for layer in layers}
+    missing = [layer for layer in layers if shapes[layer] is None]
+    if missing or _read_meta(entry) is None:
+        _run_extraction(dataset, backbone, image_size, split, missing, [] if missing else [backbone.last_conv],
+                        desc=f"{dataset.name} {split} {','.join(missing or layers)}")
+        shapes.update({layer: _cached_map_shapes(entry, layer) for layer in missing})
+    _note_unreadable(dataset, entry, split)
+    return {layer: _read_maps(entry, layer, shapes[layer]) for layer in layers}
 
 
 def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, split: str = "db",
@@ -327,11 +340,13 @@ def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, sp
         db = extract_vectors(dataset, backbone, layer, image_size, "db", poolings)
         return {name: db[name][alias] for name in poolings}
     entry = _entry_dir(dataset, backbone, image_size, split)
-    path = entry / f"{layer}.vectors.npz"
-    if not path.is_file():
+    path = _vectors_file(entry, layer)
+    vectors = read_entry(path, lambda p: _read_vectors(p, poolings), "cached vectors")
+    if vectors is None or _read_meta(entry) is None:
         _run_extraction(dataset, backbone, image_size, split, [], [layer], desc=f"{dataset.name} {split} {layer}")
-    with np.load(path) as data:
-        return {name: data[name] for name in poolings}
+        vectors = _read_vectors(path, poolings)
+    _note_unreadable(dataset, entry, split)
+    return vectors
 
 
 def extraction_info(dataset, backbone: Backbone, image_size: int, split: str = "db") -> dict:
@@ -344,10 +359,14 @@ def extraction_info(dataset, backbone: Backbone, image_size: int, split: str = "
         db = extraction_info(dataset, backbone, image_size, "db")
         return {**db, "image_hw": [db["image_hw"][j] for j in alias],
                 "original_hw": [db["original_hw"][j] for j in alias]}
-    meta = _entry_dir(dataset, backbone, image_size, split) / "meta.json"
-    if not meta.is_file():
-        extract_vectors(dataset, backbone, backbone.last_conv, image_size, split)
-    return json.loads(meta.read_text())
+    entry = _entry_dir(dataset, backbone, image_size, split)
+    meta = _read_meta(entry)
+    if meta is None:
+        _run_extraction(dataset, backbone, image_size, split, [], [backbone.last_conv],
+                        desc=f"{dataset.name} {split} {backbone.last_conv}")
+        meta = _read_meta(entry)
+    _note_unreadable(dataset, entry, split)
+    return meta
 
 
 def checked_box(bbx, image_hw, map_hw) -> tuple[float, float, float, float]:

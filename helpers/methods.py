@@ -17,6 +17,7 @@ import importlib
 import numpy as np
 
 from .features import extract_vectors
+from .options import validate_options
 from .pooling import POOLINGS
 from .whitening import PCAWhitening
 
@@ -133,13 +134,9 @@ def make_method(name: str, backbone, image_size: int, **options) -> RetrievalMet
     if name not in _REGISTRY:
         if name not in METHOD_MODULES:
             raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
-        try:
-            importlib.import_module(METHOD_MODULES[name])
-        except ModuleNotFoundError as exc:
-            if exc.name == METHOD_MODULES[name]:
-                raise ValueError(f"method {name!r} is not implemented yet ({METHOD_MODULES[name]} is missing)") from exc
-            raise
-    return _REGISTRY[name](backbone, image_size, **options)
+        importlib.import_module(METHOD_MODULES[name])
+    cls = _REGISTRY[name]
+    return cls(backbone, image_size, **validate_options(cls, options))
 
 
 def default_image_size(dataset_name: str) -> int:
@@ -155,21 +152,73 @@ def evaluate_method(dataset_name: str, backbone_name: str = "efficientnet_lite0"
     ``"dataset"``, ``"backbone"``, ``"image_size"`` and ``"train_dataset"``.
     """
     from .backbones import load_backbone
-    from .data import default_train_dataset, load_dataset
+    from .data import check_training_set, default_train_dataset, load_dataset
+    from .images import check_image_size
     from .evaluate import evaluate_scores
 
     dataset = load_dataset(dataset_name)
+    image_size = check_image_size(image_size or default_image_size(dataset_name))
+    if method_name not in METHOD_MODULES:
+        raise ValueError(f"unknown method {method_name!r}; choose one of {', '.join(available_methods())}")
     backbone = load_backbone(backbone_name)
-    image_size = image_size or default_image_size(dataset_name)
     method = make_method(method_name, backbone, image_size, **options)
     train_name = None
     if method.needs_training:
         train_name = train_dataset or default_train_dataset(dataset_name)
-        if train_name == dataset_name:
-            raise ValueError("the training dataset must differ from the evaluated one")
-        method.fit(load_dataset(train_name))
+        train = load_dataset(train_name)
+        check_training_set(train, dataset)
+        method.fit(train)
     scores = method.search(dataset)
     results = evaluate_scores(dataset, scores)
     results.update(method=method_name, dataset=dataset_name, backbone=backbone_name,
                    image_size=image_size, train_dataset=train_name)
     return results
+
+
+def split_method_options(method_names, options) -> dict[str, dict]:
+    """Spread ``(key, value)`` pairs over methods: ``method.key`` goes to that method, a plain ``key``
+    to every listed method that declares it (an error when none does)."""
+    from .options import OptionError, option_specs
+
+    for name in method_names:
+        if name not in METHOD_MODULES:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
+        if name not in _REGISTRY:
+            importlib.import_module(METHOD_MODULES[name])
+    spread: dict[str, dict] = {name: {} for name in method_names}
+    for key, value in options:
+        target, _, option = key.rpartition(".")
+        if target:
+            if target not in spread:
+                raise OptionError(f"option {key!r} names method {target!r}, which is not compared "
+                                  f"({', '.join(method_names)})")
+            spread[target][option] = value
+            continue
+        takers = [n for n in method_names if option in option_specs(_REGISTRY[n])]
+        if not takers:
+            raise OptionError(f"unknown options [{option!r}]: no compared method declares it "
+                              f"({', '.join(method_names)}); use METHOD.{option}=VALUE for one method")
+        for name in takers:
+            spread[name][option] = value
+    return spread
+
+
+def compare_methods(dataset_name: str, method_names, backbone_name: str = "efficientnet_lite0",
+                    image_size: int | None = None, train_dataset: str | None = None, options=()) -> dict:
+    """Evaluate several methods on the same queries and compare each with the first.
+
+    Returns ``{"results": {method: result dict}, "comparisons": {method: PairedComparison}}`` (every
+    method but the first against the first, on the headline protocol: medium on revisited data).
+    """
+    from .evaluate import paired_comparison, per_query_ap
+
+    method_names = list(method_names)
+    if len(method_names) < 1:
+        raise ValueError("name at least one method")
+    spread = split_method_options(method_names, options)
+    results = {name: evaluate_method(dataset_name, backbone_name, name, image_size, train_dataset, **spread[name])
+               for name in method_names}
+    first = method_names[0]
+    comparisons = {name: paired_comparison(per_query_ap(results[first]), per_query_ap(results[name]))
+                   for name in method_names[1:]}
+    return {"results": results, "comparisons": comparisons}

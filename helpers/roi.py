@@ -52,6 +52,7 @@ import scipy.sparse as sp
 import torch
 from torchvision.ops import nms, roi_align, roi_pool
 
+from helpers.cache import atomic_write, cache_root, read_entry
 from helpers.features import db_alias, split_images
 from helpers.methods import RetrievalMethod, register_method
 
@@ -663,28 +664,22 @@ def reranked_scores(first_stage_scores: np.ndarray, candidates: np.ndarray,
 
 def _cache_path(kind: str, key: dict) -> Path:
     """``<cache_root>/roi/<kind>-<hash of key>.npz``; the key is also stored inside the file."""
-    from helpers.features import cache_root
-
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_root() / "roi" / f"{kind}-{digest}.npz"
 
 
+def _read_npz(path: Path, key: dict) -> dict[str, np.ndarray] | None:
+    with np.load(path, allow_pickle=False) as data:
+        if json.loads(str(data["__key__"])) != key:
+            return None  # a hash collision of keys: not this entry
+        return {name: data[name] for name in data.files if name != "__key__"}
+
+
 def _read_cache(path: Path, key: dict) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["__key__"])) != key:
-                return None
-            return {name: data[name] for name in data.files if name != "__key__"}
-    except (OSError, ValueError, KeyError, EOFError) as exc:     # corrupt entry: recompute
-        warnings.warn(f"ignoring unreadable cache file {path.name}: {exc}", stacklevel=3)
-        return None
+    return read_entry(path, lambda p: _read_npz(p, key), "RoI cache entry")
 
 
 def _write_cache(path: Path, key: dict, arrays: dict[str, np.ndarray]) -> None:
-    from helpers.features import atomic_write
-
     def write(tmp):
         with open(tmp, "wb") as fh:
             np.savez(fh, __key__=np.array(json.dumps(key, sort_keys=True)), **arrays)

@@ -490,3 +490,19 @@ def test_demo_goes_through_ensure_demo(tmp_path, monkeypatch):
     assert ds.instance_labels == ["x", "y"] and ds.gnd[0]["bbx"] == [0.0, 0.0, 5.0, 5.0]
     assert ds.key != train.key and ds.db_path(0).is_file()
     assert datasets_on_disk(root)["demo"]
+
+
+def test_folder_identity_follows_the_bytes_not_the_timestamps(photo_folder):
+    """A file rewritten in place with its size and mtime kept (``touch -r``) is new content."""
+    import os
+
+    before = load_dataset(f"folder:{photo_folder}").key
+    path = photo_folder / "cat" / "cat_0.jpg"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF                                           # same size, other bytes
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))        # times restored, as touch -r does
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_dataset(f"folder:{photo_folder}").key != before
+    assert load_dataset(f"folder:{photo_folder}").key == load_dataset(f"folder:{photo_folder}").key

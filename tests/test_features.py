@@ -154,3 +154,46 @@ def test_replacing_an_image_changes_the_cache_key(photo_folder):
     Image.new("RGB", (64, 48), "red").save(target)
     os.utime(target, ns=(1, 1))
     assert load_dataset(f"folder:{photo_folder}").key != before
+
+
+def _entry_files(root, pattern):
+    return sorted(root.rglob(pattern))
+
+
+@pytest.mark.parametrize("pattern,damage", [
+    ("conv_head.vectors.npz", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+    ("conv_head.maps.json", lambda p: p.write_text("{broken")),
+    ("conv_head.maps.f16", lambda p: p.write_bytes(p.read_bytes()[:100])),
+    ("meta.json", lambda p: p.write_text("")),
+])
+def test_a_damaged_cache_entry_is_named_and_rebuilt(pattern, damage, photo_folder, backbone, isolated_cache):
+    from helpers.cache import DamagedCacheWarning
+
+    ds = load_dataset(f"folder:{photo_folder}")
+    maps = extract_maps(ds, backbone, ["conv_head"], 96, "db")["conv_head"]
+    vectors = extract_vectors(ds, backbone, "conv_head", 96, "db")["gem"]
+    (path,) = _entry_files(isolated_cache, pattern)
+    damage(path)
+    with pytest.warns(DamagedCacheWarning, match=path.name):
+        again_maps = extract_maps(ds, backbone, ["conv_head"], 96, "db")["conv_head"]
+        again_vectors = extract_vectors(ds, backbone, "conv_head", 96, "db")["gem"]
+    torch.testing.assert_close(again_maps[5], maps[5])
+    np.testing.assert_allclose(again_vectors, vectors, atol=1e-6)
+    assert extraction_info(ds, backbone, 96, "db")["image_hw"]
+    # rebuilt: read back silently next time
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DamagedCacheWarning)
+        extract_vectors(ds, backbone, "conv_head", 96, "db")
+        extract_maps(ds, backbone, ["conv_head"], 96, "db")
+
+
+def test_unreadable_files_are_marked_on_the_dataset_cold_and_warm(photo_folder, backbone, isolated_cache):
+    (photo_folder / "cat" / "cat_1.jpg").write_bytes(b"")
+    ds = load_dataset(f"folder:{photo_folder}")
+    with pytest.warns(SkippedImageWarning):
+        extract_vectors(ds, backbone, "conv_head", 96, "db")
+    assert list(ds.unreadable) == [str(photo_folder / "cat" / "cat_1.jpg")]
+    warm = load_dataset(f"folder:{photo_folder}")
+    extract_vectors(warm, backbone, "conv_head", 96, "query")   # queries are read from the db entry
+    assert warm.unreadable == ds.unreadable
+    assert warm.unreadable_indices() == ([ds.imlist.index("cat/cat_1.jpg")],) * 2

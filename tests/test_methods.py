@@ -80,3 +80,93 @@ def test_cli_errors_are_clear(tmp_path):
     assert run.returncode == 2 and "invalid choice" in run.stderr
     run = _cli("evaluate", "--dataset", f"folder:{tmp_path}", "--method", "gem", "--option", "whiten")
     assert run.returncode == 2 and "KEY=VALUE" in run.stderr
+
+
+def _copy_folder(src, dst, rename=None):
+    import shutil
+
+    shutil.copytree(src, dst)
+    if rename:
+        (dst / rename[0]).rename(dst / rename[1])
+    return dst
+
+
+@pytest.mark.parametrize("method", ["gem", "ack"])
+def test_unreadable_files_leave_the_ground_truth(method, photo_folder, tmp_path, isolated_cache):
+    """Bad files are neither queries nor database images: the mAP equals that of the folder without
+    them, whatever the instance folder holding them is called."""
+    clean = evaluate_method(f"folder:{photo_folder}", method_name=method, image_size=96)
+    results = []
+    for name in ("aaa", "zzz"):
+        folder = _copy_folder(photo_folder, tmp_path / f"bad_{name}")
+        (folder / name).mkdir()
+        (folder / name / "empty.jpg").write_bytes(b"")
+        (folder / name / "text.jpg").write_text("not an image")
+        (folder / "cat" / "truncated.jpg").write_bytes((folder / "cat" / "cat_0.jpg").read_bytes()[:200])
+        with pytest.warns(UserWarning, match="skipp"):
+            results.append(evaluate_method(f"folder:{folder}", method_name=method, image_size=96))
+    for r in results:
+        assert len(r["unreadable"]) == 3
+        assert r["n_queries"] == clean["n_queries"] == 12
+        assert r["mAP"] == pytest.approx(clean["mAP"], abs=1e-9)
+
+
+def test_cli_lists_unreadable_files_and_refuses_bad_options(photo_folder, tmp_path):
+    (photo_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    env = {"INSTRET_CACHE": str(tmp_path / "cache")}
+    run = _cli("evaluate", "--dataset", f"folder:{photo_folder}", "--method", "gem", "--image-size", "96",
+               env_extra=env)
+    assert run.returncode == 0, run.stderr
+    assert "1 unreadable images: " in run.stdout and "broken.jpg" in run.stdout
+    for option, words in (("whiten=no", None), ("whiten=off", "true or false"),
+                          ("colour=red", "unknown options"), ("whiten_dim=abc", "integer")):
+        run = _cli("evaluate", "--dataset", f"folder:{photo_folder}", "--method", "gem", "--image-size", "96",
+                   "--option", option, env_extra=env)
+        if words is None:
+            assert run.returncode == 0, run.stderr
+            assert "train_dataset=None" in run.stdout   # whitening stayed off
+        else:
+            assert run.returncode == 2, run.stdout
+            lines = run.stderr.strip().splitlines()
+            assert lines[-1].startswith("error:") and words in lines[-1] and "Traceback" not in run.stderr
+    run = _cli("evaluate", "--dataset", f"folder:{photo_folder}", "--image-size", "100000", env_extra=env)
+    assert run.returncode == 2 and "image-size" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_training_on_the_evaluated_set_is_refused_under_any_spelling(photo_folder, tmp_path, isolated_cache):
+    import os
+    import warnings as w
+
+    link = tmp_path / "link"
+    os.symlink(photo_folder, link)
+    for spelling in (f"{photo_folder}/", f"{photo_folder}/../{photo_folder.name}", str(link)):
+        with pytest.raises(ValueError, match="differ"):
+            evaluate_method(f"folder:{photo_folder}", method_name="gem", image_size=96,
+                            train_dataset=f"folder:{spelling}", whiten=True)
+    partial = _copy_folder(photo_folder, tmp_path / "partial")
+    import shutil
+
+    shutil.rmtree(partial / "cat")
+    os.symlink(photo_folder / "cat", partial / "cat")       # shares the cat images
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        evaluate_method(f"folder:{photo_folder}", method_name="gem", image_size=96,
+                        train_dataset=f"folder:{partial}", whiten=True, whiten_dim=4)
+    assert any("shares 3 of its images" in str(c.message) for c in caught)
+
+
+def test_cli_refused_pickle_is_one_error_line(tmp_path):
+    import pickle
+
+    root = tmp_path / "data"
+    (root / "roxford5k" / "jpg").mkdir(parents=True)
+    (root / "roxford5k" / "jpg" / "a.jpg").write_bytes(b"")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (root / "roxford5k" / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": [Evil()]}))
+    run = _cli("evaluate", "--dataset", "roxford5k", env_extra={"INSTRET_DATA": str(root)})
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error:") and "refusing to unpickle" in run.stderr

@@ -7,8 +7,11 @@ Usage::
 
 NAME is one of oxford5k, paris6k, roxford5k, rparis6k, holidays, ukbench (see
 ``helpers.downloads.DATASET_SOURCES`` for the URLs). The data root defaults to ``$INSTRET_DATA`` or
-``<repo>/data``. Interrupted downloads resume on the next run. Files whose SHA-256 is not pinned in the
-registry are printed with their digest so that you can pin them. The demo sets are not downloaded:
+``<repo>/data``. A file is kept only once its length, its pinned SHA-256 or a full read of the archive
+proves it complete; until then it stays ``<name>.part``, and the next run resumes it where the server
+sends an ETag or Last-Modified validator (otherwise, or when the file changed on the server, it is
+downloaded again from the start). Files whose SHA-256 is not pinned in the registry are printed with
+their digest so that you can pin them. The demo sets are not downloaded:
 they are generated on first use (or with ``python data_scripts/make_demo.py``).
 """
 from __future__ import annotations
@@ -76,7 +79,9 @@ def main(argv=None) -> int:
                                       progress=ProgressPrinter())
         except DownloadError as err:
             print(f"error: {err}", file=sys.stderr)
-            print("Nothing was lost: run the same command again to resume.", file=sys.stderr)
+            print("To retry, run the same command again: files proven complete are kept, an interrupted "
+                  "download resumes where the server allows it and starts over where it does not.",
+                  file=sys.stderr)
             status = 1
             continue
         except UnsafeArchiveError as err:

@@ -1,21 +1,37 @@
 """Downloading and unpacking the public benchmarks: resumable, verified, safe.
 
-* :func:`download` streams a URL to ``dest.part``, resumes an interrupted transfer with an HTTP Range
-  request (and starts over when the server ignores it), checks the SHA-256 when one is given and
-  moves the file into place atomically. urllib only; http, https and ftp URLs.
+* :func:`download` streams a URL to ``dest.part`` and gives it its final name ``dest`` only once it
+  is proven complete: by its length (the Content-Length, the total of a Content-Range, or a chunked
+  body read to its last chunk), by its pinned SHA-256, or, when the server sent no length, by a full
+  read of its content (:func:`check_complete`: every member of a tar or zip archive read to the end,
+  a pickle walked to its STOP opcode). A server that closes the connection early without a length
+  therefore leaves a ``.part``, never a half file under the final name. Beside the part, the sidecar
+  ``dest.part.json`` records the URL, the validator (ETag or Last-Modified) and the expected length.
+* Resuming sends ``Range`` with ``If-Range: <ETag, else Last-Modified>``, so a file that changed on
+  the server between two runs comes back whole (200) and replaces the part instead of being spliced
+  onto it; a 200 from a server without range support also restarts from zero, and a part without a
+  validator is not resumed at all. urllib only; http, https and ftp URLs (FTP: no resuming).
+* A file already under its final name is checked again (pinned SHA-256, else a full read of an
+  archive or pickle); one that fails is reported and downloaded again.
 * :func:`safe_extract` unpacks tar (with ``tarfile``'s ``"data"`` filter) and zip archives after
   checking every member first, so that an archive with an absolute path, a ``..`` component or a
   link pointing out of the destination writes nothing at all.
+* Errors: every :class:`DownloadError` names the file and its URL and says what happens next (the
+  next run resumes the part, or downloads the file again). A truncated or corrupt archive
+  (``EOFError``, ``tarfile.ReadError``, ``zipfile.BadZipFile``, decompression errors) is raised as
+  :class:`CorruptFileError`; :func:`install_dataset` deletes such an archive so that the next run
+  fetches it anew.
 * :data:`DATASET_SOURCES` lists the published URLs of each dataset and where their content goes; the
   layout is the one :func:`helpers.data.load_dataset` reads. :func:`install_dataset` does the whole job
   and ``python data_scripts/download_datasets.py NAME`` is its command line.
 
 Checksums. The SHA-256 of the published files could not be recorded here (the project was written
-without internet access), so every ``sha256`` in the registry is ``None`` and the files are checked
-only for their length (when the server sends one) and for being readable archives. After a download,
-the script prints each file's SHA-256; paste it into :data:`DATASET_SOURCES` to pin the file. The
-ground-truth pickles are additionally read with a restricted unpickler (:mod:`helpers.data`), so a
-tampered pickle cannot run code even when no checksum is pinned.
+without internet access), so every ``sha256`` in the registry is ``None`` and the files are proven
+complete by their length or by reading them to the end, as above. After a download, the script prints
+each file's SHA-256; paste it into :data:`DATASET_SOURCES` to pin the file. A plain (uncompressed)
+tar cut exactly between two members reads as complete; the registry's archives are all compressed,
+whose streams end with a trailer. The ground-truth pickles are additionally read with a restricted
+unpickler (:mod:`helpers.data`), so a tampered pickle cannot run code even when no checksum is pinned.
 
 Sources (as published by the dataset authors; mirrors change, check them if a download fails):
 
@@ -35,9 +51,14 @@ Sources (as published by the dataset authors; mirrors change, check them if a do
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import json
+import lzma
 import os
+import pickletools
+import re
 import shutil
 import socket
 import stat
@@ -45,6 +66,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -67,20 +89,97 @@ PARIS6K_CORRUPT_IMAGES = (
 
 # ------------------------------------------------------------------------------------------ errors
 class DownloadError(RuntimeError):
-    """A download failed (network, HTTP status, short transfer); the ``.part`` file is kept for resuming."""
+    """A download failed or could not be proven complete; the message names the file and its URL and
+    says what the next run does (resume the ``.part`` file, or download it again)."""
 
 
 class ChecksumMismatchError(DownloadError):
     """The downloaded file's SHA-256 is not the expected one (the file has been deleted)."""
 
-    def __init__(self, path, expected: str, actual: str):
-        self.path, self.expected, self.actual = str(path), expected, actual
-        super().__init__(f"SHA-256 mismatch for {self.path}: expected {expected}, got {actual}; "
-                         "the file was deleted (corrupt transfer or a changed file on the server)")
+    def __init__(self, path, expected: str, actual: str, url: str | None = None):
+        self.path, self.expected, self.actual, self.url = str(path), expected, actual, url
+        source = f" (from {url})" if url else ""
+        super().__init__(f"SHA-256 mismatch for {self.path}{source}: expected {expected}, got {actual}; "
+                         "the file was deleted (corrupt transfer or a changed file on the server) and the "
+                         "next run downloads it again")
+
+
+class CorruptFileError(DownloadError, ValueError):
+    """A file cannot be read to its end: a truncated or corrupt tar / zip archive or pickle, or a file
+    that is not an archive at all. Every ``EOFError``, ``tarfile.ReadError``, ``zipfile.BadZipFile`` or
+    decompression error met while reading an archive is raised as this class. It is a
+    :class:`DownloadError` (the cure is another download) and a ``ValueError`` (the file is bad input)."""
+
+    def __init__(self, path, reason: str, url: str | None = None, remedy: str | None = None):
+        self.path, self.reason, self.url = str(path), reason, url
+        source = f" (from {url})" if url else ""
+        remedy = remedy or f"Delete {self.path} and run data_scripts/download_datasets.py again."
+        super().__init__(f"{self.path}{source} is truncated or corrupt: {reason}. {remedy}")
 
 
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the destination (absolute path, '..', link, device)."""
+
+
+# ------------------------------------------------------------------------------------------ verify
+#: Names that promise an archive: such a file must read to its end as a tar or zip archive.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
+
+# What reading a cut or damaged archive raises (gzip.BadGzipFile: a damaged gzip header or CRC).
+_CORRUPT_ARCHIVE_ERRORS = (EOFError, tarfile.ReadError, tarfile.CompressionError, tarfile.HeaderError,
+                           zipfile.BadZipFile, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+def _read_zip(path: Path) -> None:
+    with zipfile.ZipFile(path) as zf:
+        bad = zf.testzip()  # reads every member to its end and checks its CRC
+    if bad is not None:
+        raise zipfile.BadZipFile(f"member {bad!r} is corrupt (CRC or data error)")
+
+
+def _read_tar(path: Path) -> None:
+    with tarfile.open(path) as tf:
+        for member in tf:
+            if member.isfile():
+                with tf.extractfile(member) as f:
+                    while f.read(CHUNK_SIZE):
+                        pass
+        # The end of the tar data is not the end of a compressed stream: reading on to EOF checks the
+        # gzip / bz2 / xz trailer, so a file cut after the last member is caught too.
+        while tf.fileobj.read(CHUNK_SIZE):
+            pass
+
+
+def check_complete(path, *, name: str | None = None, url: str | None = None) -> bool:
+    """Read ``path`` to its end when its format can tell whether it is complete.
+
+    A zip archive (every member read, CRCs checked), a tar archive of any compression (every member
+    and the compressed stream read to the end) and a pickle (its opcodes walked to STOP with
+    :func:`pickletools.genops`, which runs nothing) return True when they read to the end. A file
+    whose ``name`` (default: the file's own; pass the final name for a ``.part`` file) has an
+    :data:`ARCHIVE_SUFFIXES` ending must be one of those archives. Any other file returns False:
+    its format cannot prove it complete. A read that fails raises :class:`CorruptFileError` naming
+    ``path`` and ``url``.
+    """
+    path = Path(path)
+    name = (name or path.name).lower()
+    try:
+        if zipfile.is_zipfile(path):
+            _read_zip(path)
+        elif name.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
+            _read_tar(path)
+        elif name.endswith(".pkl"):
+            try:
+                with open(path, "rb") as f:
+                    for _ in pickletools.genops(f):
+                        pass
+            except ValueError as err:  # genops: "pickle exhausted before seeing STOP", unknown opcode
+                raise EOFError(str(err)) from err
+        else:
+            return False
+    except _CORRUPT_ARCHIVE_ERRORS + (OSError,) as err:  # OSError: bz2's "Invalid data stream"
+        raise CorruptFileError(path, f"{type(err).__name__}: {err}", url=url) from err
+    return True
 
 
 # ------------------------------------------------------------------------------------------ download
@@ -103,76 +202,160 @@ def sha256_file(path, chunk_size: int = CHUNK_SIZE) -> str:
     return h.hexdigest()
 
 
-def _open(url: str, start: int, timeout: float):
+def partial_paths(dest) -> tuple[Path, Path]:
+    """``(dest.part, dest.part.json)``: the file being downloaded and its sidecar (URL, ETag,
+    Last-Modified and expected total length, as JSON)."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
+
+
+def _read_sidecar(meta: Path) -> dict:
+    try:
+        state = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_sidecar(meta: Path, state: dict) -> None:
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, meta)
+
+
+def _validator(state: dict) -> str | None:
+    """The If-Range value of a sidecar: its ETag, else its Last-Modified date. A weak ETag (``W/...``)
+    is not allowed in If-Range (RFC 9110, 13.1.5), so the date stands in for it."""
+    etag = state.get("etag")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):
+        return etag
+    modified = state.get("last_modified")
+    return modified if isinstance(modified, str) and modified else None
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _open(url: str, start: int, validator: str | None, timeout: float):
     headers = {"User-Agent": USER_AGENT}
     if start > 0:
+        # If-Range: the server sends the rest (206) only while the file is the version the part holds,
+        # otherwise the whole new file (200).
         headers["Range"] = f"bytes={start}-"
+        headers["If-Range"] = validator
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def _content_range_start(value: str | None) -> int | None:
-    """Start offset of a ``Content-Range: bytes START-END/TOTAL`` header."""
-    if not value or not value.strip().startswith("bytes "):
-        return None
-    try:
-        return int(value.strip()[6:].split("-", 1)[0])
-    except ValueError:
-        return None
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(start, total) of ``Content-Range: bytes START-END/TOTAL`` (total None for ``*``)."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    if match is None:
+        return None, None
+    return int(match[1]), None if match[3] == "*" else int(match[3])
 
 
-def _kept(part: Path) -> str:
-    if part.is_file() and part.stat().st_size > 0:
+def _next_run(part: Path, meta: Path, url: str) -> str:
+    """What the next run does with the partial file, for error messages."""
+    if not (part.is_file() and part.stat().st_size > 0):
+        return " The next run downloads it again."
+    state = _read_sidecar(meta)
+    if state.get("url") == url and _validator(state):
         return f" The partial file {part} is kept and the next run resumes it."
-    return ""
+    return (f" The next run downloads it again from the start: the server sent neither an ETag nor a "
+            f"Last-Modified date, so {part} cannot be resumed safely.")
+
+
+def _present(dest: Path, expected: str | None, url: str, log) -> Downloaded | None:
+    """``Downloaded`` for a final-name file that verifies (pinned SHA-256, else a full read where the
+    format allows one); a file that fails is reported, deleted, and None returned."""
+    if expected is not None:
+        digest = sha256_file(dest)
+        if digest == expected:
+            return Downloaded(dest, digest, already_present=True)
+        problem = f"its SHA-256 {digest} is not the pinned {expected}"
+    else:
+        try:
+            # A file whose format cannot be checked got its final name only once its length proved it.
+            check_complete(dest, url=url)
+        except CorruptFileError as err:
+            problem = err.reason
+        else:
+            return Downloaded(dest, sha256_file(dest), already_present=True)
+    if log is not None:
+        log(f"{dest} is incomplete or corrupt ({problem}); downloading it again from {url}")
+    dest.unlink()
+    return None
 
 
 def download(url: str, dest, sha256: str | None = None, resume: bool = True, *,
              timeout: float = DEFAULT_TIMEOUT_S, progress: Callable[[int, int | None], None] | None = None,
-             chunk_size: int = CHUNK_SIZE) -> Downloaded:
-    """Download ``url`` to ``dest`` through ``dest.part``; resume, verify, then move into place.
+             chunk_size: int = CHUNK_SIZE, log: Callable[[str], None] | None = print) -> Downloaded:
+    """Download ``url`` to ``dest`` through ``dest.part``; move it into place once proven complete.
 
-    * ``dest`` already exists: nothing is transferred if ``sha256`` is None or matches; on a mismatch the
-      file is downloaded again.
-    * ``resume`` and a non-empty ``dest.part``: asks for the rest with ``Range: bytes=N-``. A 206 reply
-      whose Content-Range starts at N is appended; a 200 reply (server ignores Range, or FTP) restarts
-      from zero; a 416 reply (nothing left to send, or a stale part) restarts from zero.
-    * A short transfer (fewer bytes than Content-Length) raises :class:`DownloadError` and keeps the part.
+    * ``dest`` already exists: kept (nothing transferred) if it matches ``sha256``, or, with no
+      ``sha256``, if :func:`check_complete` reads it to the end (archives, pickles) or cannot check its
+      format. Otherwise ``log`` reports it and it is downloaded again.
+    * The transfer goes to ``dest.part``; its sidecar ``dest.part.json`` (:func:`partial_paths`)
+      records the URL, the ETag / Last-Modified validator and the total length as soon as the reply's
+      headers arrive.
+    * Resuming (``resume`` and a part whose sidecar has this URL and a validator) sends
+      ``Range: bytes=N-`` with ``If-Range: <ETag, else Last-Modified>``. A 206 whose Content-Range
+      starts at N is appended; a 200 (the file changed, or no range support) or a 416 restarts from
+      zero. A part without a validator is never resumed: it is truncated and the file fetched whole.
+    * The part becomes ``dest`` only when proven complete: by its length (Content-Length, the total
+      of Content-Range, or a chunked body read to its last chunk), by ``sha256``, or, when the server
+      sent no length, by :func:`check_complete`. A short or unproven transfer raises
+      :class:`DownloadError` and keeps the part and its sidecar for the next run.
     * ``sha256`` given and different: the part is deleted and :class:`ChecksumMismatchError` raised.
-    * ``progress(done_bytes, total_bytes_or_None)`` is called after every chunk.
+    * Every error names ``dest`` and ``url``. ``progress(done_bytes, total_bytes_or_None)`` is called
+      after every chunk.
     """
     dest = Path(dest)
     expected = sha256.lower() if sha256 else None
     if dest.is_file():
-        digest = sha256_file(dest)
-        if expected is None or digest == expected:
-            return Downloaded(dest, digest, already_present=True)
-        dest.unlink()  # wrong content under the final name: fetch it again
+        present = _present(dest, expected, url, log)
+        if present is not None:
+            return present
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    start = part.stat().st_size if resume and part.is_file() else 0
-    if not resume and part.exists():
-        part.unlink()
+    part, meta = partial_paths(dest)
+    what = f"{dest.name} from {url}"
+    state = _read_sidecar(meta) if resume else {}
+    validator = _validator(state) if state.get("url") == url else None
+    start = part.stat().st_size if validator and part.is_file() else 0
+    if start == 0:  # nothing that can be resumed safely: start from zero
+        _discard(part, meta)
+        state = {}
 
     try:
         try:
-            response = _open(url, start, timeout)
+            response = _open(url, start, validator, timeout)
         except urllib.error.HTTPError as err:
             if err.code == 416 and start > 0:  # the part is complete or larger than the file: start over
-                part.unlink()
-                start = 0
-                response = _open(url, 0, timeout)
+                _discard(part, meta)
+                start, state = 0, {}
+                response = _open(url, 0, None, timeout)
             else:
                 raise
         with response:
-            status = getattr(response, "status", None)
-            offset = 0
-            if start > 0 and status == 206:
-                offset = _content_range_start(response.headers.get("Content-Range"))
+            headers = response.headers
+            length = headers.get("Content-Length")
+            length = int(length) if length and length.strip().isdigit() else None
+            if getattr(response, "status", None) == 206:
+                offset, total = _content_range(headers.get("Content-Range"))
                 if offset != start:
-                    raise DownloadError(f"{url}: asked to resume at byte {start}, server sent Content-Range "
-                                        f"{response.headers.get('Content-Range')!r}; delete {part} and retry")
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length and length.isdigit() else None
+                    raise DownloadError(f"{what}: asked to resume at byte {start}, the server sent Content-Range "
+                                        f"{headers.get('Content-Range')!r}; delete {part} and run again")
+                if total is None and length is not None:
+                    total = start + length
+            else:  # 200 (validator mismatch or no range support), FTP: the whole file from byte 0
+                offset, total, state = 0, length, {}
+            state = {"url": url, "etag": headers.get("ETag") or state.get("etag"),
+                     "last_modified": headers.get("Last-Modified") or state.get("last_modified"),
+                     "total": total}
+            _write_sidecar(meta, state)
+            framed = bool(getattr(response, "chunked", False))  # http.client raises if a chunk is cut
             done = offset
             with open(part, "ab" if offset else "wb") as out:
                 while True:
@@ -184,21 +367,38 @@ def download(url: str, dest, sha256: str | None = None, resume: bool = True, *,
                     if progress is not None:
                         progress(done, total)
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
+        raise DownloadError(f"{what}: HTTP {err.code} {err.reason}.{_next_run(part, meta, url)}") from err
     except urllib.error.URLError as err:
-        raise DownloadError(f"{url}: cannot connect ({err.reason}). Are you offline?{_kept(part)}") from err
+        raise DownloadError(f"{what}: cannot connect ({err.reason}). Are you offline?"
+                            f"{_next_run(part, meta, url)}") from err
     except (socket.timeout, TimeoutError) as err:
-        raise DownloadError(f"{url}: no data for {timeout:.0f} s (timeout).{_kept(part)}") from err
-    except (OSError, http.client.HTTPException) as err:  # connection reset, short read, disk full
-        raise DownloadError(f"{url}: transfer interrupted ({type(err).__name__}: {err}).{_kept(part)}") from err
+        raise DownloadError(f"{what}: no data for {timeout:.0f} s (timeout).{_next_run(part, meta, url)}") from err
+    except (OSError, http.client.HTTPException) as err:  # connection reset, cut chunk, disk full
+        raise DownloadError(f"{what}: transfer interrupted ({type(err).__name__}: {err})."
+                            f"{_next_run(part, meta, url)}") from err
 
     if total is not None and done != total:
-        raise DownloadError(f"{url}: received {done} of {total} bytes.{_kept(part)}")
+        raise DownloadError(f"{what}: received {done} of {total} bytes.{_next_run(part, meta, url)}")
     digest = sha256_file(part)
-    if expected is not None and digest != expected:
-        part.unlink()
-        raise ChecksumMismatchError(dest, expected, digest)
+    if expected is not None:
+        if digest != expected:
+            _discard(part, meta)
+            raise ChecksumMismatchError(dest, expected, digest, url=url)
+    elif total is None and not framed:
+        # The server closed the connection without announcing a length: an early close looks the same
+        # as the end of the file, so only a full read of the content can tell.
+        try:
+            proven = check_complete(part, name=dest.name, url=url)
+        except CorruptFileError as err:
+            raise DownloadError(f"{what}: the server sent no length and closed the connection after {done} "
+                                f"bytes; {part} does not read to its end ({err.reason})."
+                                f"{_next_run(part, meta, url)}") from err
+        if not proven:
+            raise DownloadError(f"{what}: the server sent no length and closed the connection after {done} "
+                                f"bytes; nothing proves {part} complete (pin its SHA-256 in DATASET_SOURCES "
+                                f"to accept it).{_next_run(part, meta, url)}")
     os.replace(part, dest)
+    meta.unlink(missing_ok=True)
     return Downloaded(dest, digest, resumed_from=offset)
 
 
@@ -228,19 +428,32 @@ def _check_zip_member(info: zipfile.ZipInfo, dest: Path) -> None:
         raise UnsafeArchiveError(f"zip member {info.filename!r} would be written outside {dest}")
 
 
-def safe_extract(archive, dest) -> list[Path]:
+def safe_extract(archive, dest, *, url: str | None = None) -> list[Path]:
     """Extract a tar (any compression) or zip archive into ``dest``; returns the extracted file paths.
 
     Every member is checked before anything is written: tar members for absolute paths, then through
     ``tarfile.data_filter`` (``..``, links leaving ``dest``, devices and special files are refused), zip
     members for absolute paths, ``..`` components and symbolic links. Refusals raise
-    :class:`UnsafeArchiveError` naming the member.
+    :class:`UnsafeArchiveError` naming the member. A truncated or corrupt archive, or a file that is
+    no archive at all, raises :class:`CorruptFileError` naming ``archive`` and ``url`` (where it came
+    from, for the message); what was extracted before the error stays in ``dest``.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise FileNotFoundError(f"archive {archive} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
-    dest_real = Path(os.path.realpath(dest))
+    try:
+        files = _extract(archive, Path(os.path.realpath(dest)))
+    except _CORRUPT_ARCHIVE_ERRORS as err:
+        raise CorruptFileError(archive, f"{type(err).__name__}: {err}", url=url) from err
+    if files is None:
+        raise CorruptFileError(archive, "it is neither a tar nor a zip archive (is the download an HTML "
+                                        "error page?)", url=url)
+    return files
+
+
+def _extract(archive: Path, dest_real: Path) -> list[Path] | None:
+    """:func:`safe_extract`'s work; None when ``archive`` is neither a zip nor a tar archive."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -260,7 +473,7 @@ def safe_extract(archive, dest) -> list[Path]:
                     raise UnsafeArchiveError(f"tar member {member.name!r} refused: {err}") from None
             tf.extractall(dest_real, filter="data")
             return [dest_real / m.name for m in members if m.isfile()]
-    raise ValueError(f"{archive} is neither a tar nor a zip archive (is the download an HTML error page?)")
+    return None
 
 
 def collect_files(src, dest, suffixes: Iterable[str]) -> dict:
@@ -384,10 +597,13 @@ def install_dataset(source: DatasetSource | str, root, *, keep_archives: bool = 
                     progress: Callable[[int, int | None], None] | None = None) -> dict[str, str]:
     """Download, verify and unpack one dataset under the data root ``root``.
 
-    Archives go to ``<root>/_downloads/`` (kept there until unpacked, so an interrupted run resumes),
-    are unpacked into a temporary folder with :func:`safe_extract`, and their images / ground-truth
-    files are collected flat into the target folder. Image archives are skipped when the image folder
-    already holds ``expected_images`` images. Returns {file name: SHA-256} of what was downloaded now.
+    Archives go to ``<root>/_downloads/`` through :func:`download` (kept there until unpacked, so an
+    interrupted run resumes, and checked again when found there), are unpacked into a temporary folder
+    with :func:`safe_extract`, and their images / ground-truth files are collected flat into the target
+    folder. An archive that does not unpack to its end is deleted and :class:`CorruptFileError` raised
+    (the next run downloads it again). Image archives are skipped when the image folder already holds
+    ``expected_images`` images. ``log`` receives the progress lines and the reports of files found
+    incomplete on disk. Returns {file name: SHA-256} of the files downloaded or verified now.
     """
     if isinstance(source, str):
         if source not in DATASET_SOURCES:
@@ -406,26 +622,35 @@ def install_dataset(source: DatasetSource | str, root, *, keep_archives: bool = 
         if remote.action == "save":
             log(f"downloading {remote.url} -> {target / remote.filename}")
             result = download(remote.url, target / remote.filename, remote.sha256, timeout=timeout,
-                              progress=progress)
+                              progress=progress, log=log)
             digests[remote.filename] = result.sha256
             continue
         if remote.action != "extract":
             raise ValueError(f"{remote.filename}: unknown action {remote.action!r}")
         log(f"downloading {remote.url} ({remote.size_hint or 'size unknown'}) -> {downloads / remote.filename}")
         result = download(remote.url, downloads / remote.filename, remote.sha256, timeout=timeout,
-                          progress=progress)
+                          progress=progress, log=log)
         digests[remote.filename] = result.sha256
         tmp = root / f"_extract_{remote.filename}"
         if tmp.exists():
             shutil.rmtree(tmp)
         log(f"extracting {remote.filename}")
-        safe_extract(result.path, tmp)
+        try:
+            safe_extract(result.path, tmp, url=remote.url)
+        except CorruptFileError as err:
+            # Its length or checksum matched, yet it does not read: useless on disk, so fetched anew.
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.path.unlink(missing_ok=True)
+            raise CorruptFileError(result.path, err.reason, url=remote.url,
+                                   remedy="It was deleted: run data_scripts/download_datasets.py again to "
+                                          "download it anew.") from err
         counts = collect_files(tmp, target, remote.suffixes)
         shutil.rmtree(tmp)
         log(f"{remote.filename}: {counts['moved']} files into {target}"
             + (f" ({counts['duplicates']} duplicate names, kept the larger)" if counts["duplicates"] else ""))
         if counts["moved"] == 0 and counts["duplicates"] == 0:
-            raise DownloadError(f"{remote.filename} contained no {'/'.join(remote.suffixes)} files")
+            raise DownloadError(f"{result.path} (from {remote.url}) contained no {'/'.join(remote.suffixes)} "
+                                "files: is the URL in DATASET_SOURCES still the dataset's archive?")
         if not keep_archives:
             result.path.unlink()
     return digests

@@ -1,14 +1,17 @@
 """Tests for helpers.downloads and data_scripts/download_datasets.py, offline.
 
 The network code runs against a small HTTP server on 127.0.0.1 (started in a thread, serving files
-from tmp_path) that honours Range requests, or ignores them when told to, and can cut a transfer short.
+from tmp_path) that sends ETags, honours Range / If-Range requests (or ignores them when told to), and
+can cut a transfer short, with or without a Content-Length.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import io
+import json
 import pickle
+import random
 import socket
 import tarfile
 import threading
@@ -24,6 +27,7 @@ from helpers import data, downloads
 from helpers.downloads import (
     DATASET_SOURCES,
     ChecksumMismatchError,
+    CorruptFileError,
     DatasetSource,
     DownloadError,
     RemoteFile,
@@ -39,26 +43,44 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------ local server
+def _etag(content: bytes) -> str:
+    return '"%s"' % hashlib.sha256(content).hexdigest()[:16]
+
+
 class _Handler(BaseHTTPRequestHandler):
-    """GET files from ``server.folder``; Range support unless ``server.ignore_range``; ``/short/<f>``
-    announces the full length but sends half and closes."""
+    """GET files from ``server.folder`` with an ETag (unless ``server.send_etag`` is False) and
+    ``server.last_modified`` (when set); Range support unless ``server.ignore_range``, evaluated
+    against If-Range like a real server (a validator that does not match the current file gets the
+    whole file, 200). ``server.mode``: "short" announces the full length but sends half and closes;
+    "no_length" sends half without a Content-Length and closes; "no_length_full" sends it all
+    without a Content-Length; "chunked" / "chunked_cut" send it chunked, whole or cut in the middle.
+    ``server.requests`` records (path, Range), ``server.seen`` every request's headers."""
 
     def log_message(self, *args):  # keep pytest output clean
         pass
 
     def do_GET(self):
+        try:
+            self._respond()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+
+    def _respond(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        server.seen.append(dict(self.headers))
         if self.path.startswith("/stall/"):
             time.sleep(1.0)  # longer than the client's timeout in the test
-        short = self.path.startswith("/short/")
         path = server.folder / self.path.split("/")[-1]
         if not path.is_file():
             self.send_error(404, "Not Found")
             return
         body = path.read_bytes()
+        etag = _etag(body) if server.send_etag else None
+        validators = [v for v in (etag, server.last_modified) if v]
         range_header = self.headers.get("Range")
-        if range_header and not server.ignore_range:
+        if_range = self.headers.get("If-Range")
+        if range_header and not server.ignore_range and (if_range is None or if_range in validators):
             start = int(range_header.removeprefix("bytes=").split("-")[0])
             if start >= len(body):
                 self.send_response(416)
@@ -71,11 +93,26 @@ class _Handler(BaseHTTPRequestHandler):
             body = body[start:]
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if short else body)
-        if short:
+        if etag:
+            self.send_header("ETag", etag)
+        if server.last_modified:
+            self.send_header("Last-Modified", server.last_modified)
+        mode = server.mode
+        if mode in ("chunked", "chunked_cut"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body) // 2 if mode == "chunked_cut" else len(body), 4096):
+                block = body[i:i + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            if mode == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
             self.close_connection = True
+            return
+        if mode not in ("no_length", "no_length_full"):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if mode in ("short", "no_length") else body)
+        self.close_connection = True
 
 
 @pytest.fixture
@@ -83,7 +120,8 @@ def server(tmp_path):
     folder = tmp_path / "served"
     folder.mkdir()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.folder, httpd.requests, httpd.ignore_range = folder, [], False
+    httpd.folder, httpd.requests, httpd.seen, httpd.ignore_range = folder, [], [], False
+    httpd.send_etag, httpd.last_modified, httpd.mode = True, None, None
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -111,36 +149,54 @@ def test_full_download_verifies_and_reports_digest(server, tmp_path):
     assert result.path.read_bytes() == PAYLOAD and result.sha256 == digest
     assert result.resumed_from == 0 and not result.already_present
     assert not (tmp_path / "out" / "file.bin.part").exists()
+    assert not (tmp_path / "out" / "file.bin.part.json").exists()
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD)) and len(seen) > 1
 
 
-def test_resume_with_range(server, tmp_path):
+def test_part_without_validator_is_not_resumed(server, tmp_path):
+    """A part with no sidecar (no ETag / Last-Modified to send in If-Range) could be spliced with a
+    changed file: it is truncated and the file fetched whole."""
     url = _serve(server, "file.bin", PAYLOAD)
     dest = tmp_path / "file.bin"
     (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:30000])
     result = download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
-    assert result.resumed_from == 30000 and dest.read_bytes() == PAYLOAD
-    assert server.requests[-1] == ("/file.bin", "bytes=30000-")
+    assert result.resumed_from == 0 and dest.read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/file.bin", None)
+
+
+def _interrupted(server, url: str, dest: Path) -> int:
+    """One transfer cut in the middle (the server announces the length, sends half and closes);
+    returns the bytes kept in the part."""
+    server.mode = "short"
+    with pytest.raises(DownloadError):
+        download(url, dest)
+    server.mode = None
+    part, _ = downloads.partial_paths(dest)
+    return part.stat().st_size
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
-    server.ignore_range = True
     url = _serve(server, "file.bin", PAYLOAD)
-    (tmp_path / "file.bin.part").write_bytes(b"garbage that must not survive")
+    kept = _interrupted(server, url, tmp_path / "file.bin")
+    server.ignore_range = True
     result = download(url, tmp_path / "file.bin")
+    assert server.requests[-1] == ("/file.bin", f"bytes={kept}-")  # asked, got 200: truncated, not appended
     assert result.resumed_from == 0 and (tmp_path / "file.bin").read_bytes() == PAYLOAD
 
 
 def test_stale_part_longer_than_file_restarts(server, tmp_path):
     url = _serve(server, "file.bin", PAYLOAD)
-    (tmp_path / "file.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 10))
+    part, meta = downloads.partial_paths(tmp_path / "file.bin")
+    part.write_bytes(b"x" * (len(PAYLOAD) + 10))
+    meta.write_text(json.dumps({"url": url, "etag": _etag(PAYLOAD), "total": len(PAYLOAD)}))
     result = download(url, tmp_path / "file.bin")  # 416, then a full download
+    assert [r for _, r in server.requests] == [f"bytes={len(PAYLOAD) + 10}-", None]
     assert (tmp_path / "file.bin").read_bytes() == PAYLOAD and result.resumed_from == 0
 
 
 def test_no_resume_discards_the_part(server, tmp_path):
     url = _serve(server, "file.bin", PAYLOAD)
-    (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:100])
+    _interrupted(server, url, tmp_path / "file.bin")
     download(url, tmp_path / "file.bin", resume=False)
     assert server.requests[-1][1] is None and (tmp_path / "file.bin").read_bytes() == PAYLOAD
 
@@ -151,6 +207,7 @@ def test_checksum_mismatch_deletes_and_names_both_digests(server, tmp_path):
     with pytest.raises(ChecksumMismatchError) as info:
         download(url, tmp_path / "file.bin", sha256=wrong)
     assert wrong in str(info.value) and hashlib.sha256(PAYLOAD).hexdigest() in str(info.value)
+    assert url in str(info.value)
     assert not (tmp_path / "file.bin").exists() and not (tmp_path / "file.bin.part").exists()
 
 
@@ -160,30 +217,181 @@ def test_existing_file_is_not_downloaded_again(server, tmp_path):
     dest.write_bytes(PAYLOAD)
     result = download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
     assert result.already_present and server.requests == []
-    dest.write_bytes(b"stale")  # wrong content under the final name: fetched again
-    assert download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest()).path.read_bytes() == PAYLOAD
+    dest.write_bytes(b"stale")  # wrong content under the final name: reported and fetched again
+    logs = []
+    assert download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+                    log=logs.append).path.read_bytes() == PAYLOAD
+    assert len(logs) == 1 and str(dest) in logs[0] and "SHA-256" in logs[0]
 
 
 def test_short_transfer_keeps_part_and_then_resumes(server, tmp_path):
-    _serve(server, "file.bin", PAYLOAD)
+    url = _serve(server, "file.bin", PAYLOAD)
     dest = tmp_path / "file.bin"
-    with pytest.raises(DownloadError, match="resumes"):
-        download(f"{server.url}/short/file.bin", dest)
-    part = tmp_path / "file.bin.part"
+    server.mode = "short"
+    with pytest.raises(DownloadError, match="resumes") as info:
+        download(url, dest)
+    assert dest.name in str(info.value) and url in str(info.value)
+    part, meta = downloads.partial_paths(dest)
     kept = part.stat().st_size if part.is_file() else 0
     assert 0 < kept < len(PAYLOAD) and not dest.exists()
-    result = download(f"{server.url}/file.bin", dest)
+    assert json.loads(meta.read_text()) == {"url": url, "etag": _etag(PAYLOAD), "last_modified": None,
+                                            "total": len(PAYLOAD)}
+    server.mode = None
+    result = download(url, dest)
     assert result.resumed_from == kept and dest.read_bytes() == PAYLOAD
+    assert not part.exists() and not meta.exists()
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_resume_sends_if_range_with_the_stored_validator(server, tmp_path, validator):
+    if validator == "last_modified":
+        server.send_etag, server.last_modified = False, "Wed, 21 Oct 2015 07:28:00 GMT"
+    url = _serve(server, "file.bin", PAYLOAD)
+    dest = tmp_path / "file.bin"
+    kept = _interrupted(server, url, dest)
+    result = download(url, dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert server.requests[-1] == ("/file.bin", f"bytes={kept}-")
+    assert server.seen[-1]["If-Range"] == (_etag(PAYLOAD) if validator == "etag" else server.last_modified)
+    assert result.resumed_from == kept and dest.read_bytes() == PAYLOAD  # 206: the rest appended
+
+
+def test_resume_after_the_file_changed_restarts_instead_of_splicing(server, tmp_path):
+    old = PAYLOAD
+    new = bytes(reversed(PAYLOAD))  # same length: a splice would pass any length check
+    url = _serve(server, "file.bin", old)
+    dest = tmp_path / "file.bin"
+    kept = _interrupted(server, url, dest)
+    _serve(server, "file.bin", new)  # the file changed on the server between the two runs
+    result = download(url, dest)
+    assert dest.read_bytes() == new and result.resumed_from == 0
+    assert server.requests[-1] == ("/file.bin", f"bytes={kept}-")
+    assert server.seen[-1]["If-Range"] == _etag(old)  # no match: the server sent the whole new file
+
+
+def _random_tgz(path: Path, size: int = 60000) -> bytes:
+    """A .tgz whose content does not compress, so that half the file is half the data."""
+    return _tar(path, {"jpg/a.jpg": random.Random(0).randbytes(size), "jpg/b.jpg": b"\xff\xd8b"}).read_bytes()
+
+
+def _random_zip(path: Path, size: int = 60000) -> bytes:
+    return _zip(path, {"jpg/a.jpg": random.Random(1).randbytes(size), "jpg/b.jpg": b"\xff\xd8b"}).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["file.bin", "imgs.tgz", "gnd.pkl"])
+@pytest.mark.parametrize("send_etag", [True, False])
+def test_server_closing_early_without_length_is_not_accepted(server, tmp_path, name, send_etag):
+    """No Content-Length and an early close look like the end of the file: the half file stays a
+    part, and the next run (server fixed) completes it, by resuming when a validator allows it."""
+    content = {"file.bin": PAYLOAD, "imgs.tgz": _random_tgz(tmp_path / "x.tgz"),
+               "gnd.pkl": pickle.dumps({"imlist": [f"im{i}" for i in range(5000)]})}[name]
+    server.send_etag = send_etag
+    url = _serve(server, name, content)
+    dest = tmp_path / "out" / name
+    server.mode = "no_length"
+    with pytest.raises(DownloadError, match="no length") as info:
+        download(url, dest)
+    assert name in str(info.value) and url in str(info.value)
+    assert ("resumes" if send_etag else "from the start") in str(info.value)
+    part, meta = downloads.partial_paths(dest)
+    assert not dest.exists() and part.stat().st_size == len(content) // 2
+    assert json.loads(meta.read_text())["etag"] == (_etag(content) if send_etag else None)
+    server.mode = None
+    result = download(url, dest)
+    assert dest.read_bytes() == content and not part.exists() and not meta.exists()
+    assert result.resumed_from == (len(content) // 2 if send_etag else 0)
+    assert download(url, dest).already_present
+
+
+def test_without_length_only_a_full_read_or_checksum_proves_a_file(server, tmp_path):
+    server.mode = "no_length_full"
+    tgz = _random_tgz(tmp_path / "x.tgz")
+    gnd = pickle.dumps({"gnd": [1, 2, 3]})
+    assert download(_serve(server, "imgs.tgz", tgz), tmp_path / "imgs.tgz").path.read_bytes() == tgz
+    assert download(_serve(server, "gnd.pkl", gnd), tmp_path / "gnd.pkl").path.read_bytes() == gnd
+    url = _serve(server, "file.bin", PAYLOAD)
+    with pytest.raises(DownloadError, match="nothing proves"):
+        download(url, tmp_path / "file.bin")  # a format that cannot tell, and no checksum
+    assert not (tmp_path / "file.bin").exists()
+    result = download(url, tmp_path / "file.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert result.path.read_bytes() == PAYLOAD
+
+
+def test_chunked_body_is_complete_only_with_its_last_chunk(server, tmp_path):
+    url = _serve(server, "file.bin", PAYLOAD)
+    server.mode = "chunked_cut"
+    with pytest.raises(DownloadError, match="interrupted"):
+        download(url, tmp_path / "file.bin")
+    assert not (tmp_path / "file.bin").exists()
+    server.ignore_range, server.mode = True, "chunked"
+    assert download(url, tmp_path / "file.bin").path.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("make", [_random_tgz, _random_zip])
+def test_truncated_archive_under_final_name_is_downloaded_again(server, tmp_path, make):
+    content = make(tmp_path / "x")
+    name = "imgs.zip" if make is _random_zip else "imgs.tgz"
+    url = _serve(server, name, content)
+    dest = tmp_path / name
+    dest.write_bytes(content[: len(content) // 2])  # e.g. left by a server that closed early
+    logs = []
+    result = download(url, dest, log=logs.append)
+    assert not result.already_present and dest.read_bytes() == content
+    assert len(logs) == 1 and str(dest) in logs[0] and "incomplete" in logs[0]
+    assert download(url, dest, log=logs.append).already_present and len(logs) == 1
+
+
+def test_install_replaces_a_truncated_archive_found_on_disk(server, tmp_path):
+    names = [f"ukbench{i:05d}.jpg" for i in range(4)]
+    archive = _tar(tmp_path / "u.tgz", {f"full/{n}": random.Random(i).randbytes(20000)
+                                        for i, n in enumerate(names)}).read_bytes()
+    source = DatasetSource("ukbench", (RemoteFile(_serve(server, "ukbench.tgz", archive), target="ukbench/jpg"),),
+                           images_target="ukbench/jpg", expected_images=4)
+    root = tmp_path / "data"
+    (root / "_downloads").mkdir(parents=True)
+    (root / "_downloads" / "ukbench.tgz").write_bytes(archive[: len(archive) // 2])
+    logs = []
+    install_dataset(source, root, log=logs.append)
+    assert sorted(p.name for p in (root / "ukbench" / "jpg").iterdir()) == names
+    assert any("incomplete" in line for line in logs)
+
+
+def test_corrupt_archives_raise_one_error_naming_the_archive(server, tmp_path):
+    tgz = _random_tgz(tmp_path / "x.tgz")
+    (tmp_path / "cut.tgz").write_bytes(tgz[: len(tgz) // 2])
+    (tmp_path / "cut.zip").write_bytes(_random_zip(tmp_path / "y.zip")[:-30])
+    for cut in (tmp_path / "cut.tgz", tmp_path / "cut.zip"):
+        with pytest.raises(CorruptFileError) as info:
+            safe_extract(cut, tmp_path / "out", url="http://127.0.0.1/x")
+        assert str(cut) in str(info.value) and "http://127.0.0.1/x" in str(info.value)
+        assert "Delete" in str(info.value) and isinstance(info.value, DownloadError)
+    # served whole but itself cut: its length proves the transfer, extraction finds the damage
+    names = [f"ukbench{i:05d}.jpg" for i in range(2)]
+    good = _tar(tmp_path / "u.tgz", {f"full/{n}": random.Random(i).randbytes(20000) for i, n in enumerate(names)})
+    url = _serve(server, "ukbench.tgz", good.read_bytes()[:25000])
+    source = DatasetSource("ukbench", (RemoteFile(url, target="ukbench/jpg"),),
+                           images_target="ukbench/jpg", expected_images=2)
+    root = tmp_path / "data"
+    with pytest.raises(CorruptFileError) as info:
+        install_dataset(source, root, log=lambda line: None)
+    message = str(info.value)
+    assert "ukbench.tgz" in message and url in message and "deleted" in message and "again" in message
+    assert not (root / "_downloads" / "ukbench.tgz").exists()
+    assert not any(p.name.startswith("_extract") for p in root.iterdir())
+    _serve(server, "ukbench.tgz", good.read_bytes())  # fixed on the server: the next run succeeds
+    install_dataset(source, root, log=lambda line: None)
+    assert sorted(p.name for p in (root / "ukbench" / "jpg").iterdir()) == names
 
 
 def test_http_errors_and_offline(server, tmp_path):
-    with pytest.raises(DownloadError, match="HTTP 404"):
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
         download(f"{server.url}/absent.bin", tmp_path / "a.bin")
+    assert "a.bin" in str(info.value) and f"{server.url}/absent.bin" in str(info.value)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DownloadError, match="offline"):
+    with pytest.raises(DownloadError, match="offline") as info:
         download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin", timeout=5)
+    assert "x.bin from http://127.0.0.1" in str(info.value)
 
 
 def test_timeout(server, tmp_path):

@@ -1,4 +1,5 @@
 """Tests for helpers.images: each odd case gets its own file, generated with Pillow in tmp_path."""
+import json
 import pickle
 import struct
 import subprocess
@@ -9,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+import helpers.images as images
 from helpers.images import (
+    MAX_IMAGE_SIZE,
     MIN_SIDE,
     ImageConversionWarning,
     ImageReadError,
+    check_image_size,
     crop_box,
     displayed_size,
     load_image,
@@ -334,6 +338,207 @@ def test_image_above_max_pixels_is_refused_before_decoding(tmp_path):
     with pytest.raises(ImageReadError, match="MAX_PIXELS") as info:
         load_image(path, max_side=512)
     assert "bomb.png" in str(info.value)
+
+
+# ------------------------------------------------------------------- memory budget of one decode
+
+def _bilevel_png(path, width, height, *, transparent_white=False):
+    """A ``width x height`` 1-bit PNG, black above the middle row and white below it, written row by
+    row through a streaming zlib: 14000 x 14000 takes ~0.2 s and a few kB of memory here."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    row_bytes = (width + 7) // 8
+    black, white = b"\x00" + b"\x00" * row_bytes, b"\x00" + b"\xff" * row_bytes
+    compressor = zlib.compressobj(9)
+    idat = [compressor.compress(black if y < height // 2 else white) for y in range(height)]
+    idat.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    trns = chunk(b"tRNS", struct.pack(">H", 1)) if transparent_white else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + trns
+                     + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b""))
+    return path
+
+
+# Loads one image in a fresh process and reports what it returned, its time and the growth of the
+# process's peak memory (Pillow allocates outside tracemalloc's view, so peak RSS is measured).
+_MEASURED_LOAD = """
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+from helpers.images import ImageReadError, load_image
+max_side = None if sys.argv[2] == "None" else int(sys.argv[2])
+before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+try:
+    img = load_image(sys.argv[1], max_side)
+    result = {"shape": list(img.shape), "top": int(img[:200].max()), "bottom": int(img[-200:].min())}
+except ImageReadError as e:
+    result = {"error": e.reason}
+result["seconds"] = time.perf_counter() - start
+result["growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps(result))
+"""
+
+
+def _measured_load(path, max_side):
+    out = subprocess.run([sys.executable, "-c", _MEASURED_LOAD, str(path), str(max_side)],
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+                         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    """14000 x 14000 (196 Mpx, below MAX_PIXELS): 24 kB on disk, ~2 GB to decode and convert at full size."""
+    return _bilevel_png(tmp_path_factory.mktemp("huge_png") / "huge.png", 14000, 14000)
+
+
+def test_huge_png_at_full_size_is_refused_from_its_header(huge_png):
+    result = _measured_load(huge_png, None)
+    assert "error" in result, "a 14000 x 14000 PNG was decoded at full size"
+    reason = result["error"]
+    assert "14000x14000" in reason and "MAX_DECODE_BYTES" in reason and "MiB" in reason, reason
+    assert result["growth_mb"] < 50 and result["seconds"] < 5, result  # refused before decoding
+
+
+def test_huge_png_with_max_side_is_shrunk_before_conversion(huge_png):
+    """Converting to RGB at full size (then shrinking) would hold ~1200 MB; shrinking the decoded
+    bilevel image first holds the decoded pixels and one 8-bit copy (~400 MB)."""
+    result = _measured_load(huge_png, 1024)
+    assert result.get("shape") == [1024, 1024, 3], result
+    assert result["top"] == 0 and result["bottom"] == 255  # black above, white below: not flipped or mixed
+    assert result["growth_mb"] < 600, result
+
+
+def test_huge_png_that_cannot_shrink_within_the_budget_is_refused(tmp_path):
+    """A transparency key makes the image RGBA before it can be shrunk: ~1.7 GB even with max_side."""
+    path = _bilevel_png(tmp_path / "huge_transparent.png", 14000, 14000, transparent_white=True)
+    result = _measured_load(path, 1024)
+    assert "error" in result, "the image was decoded although it needs more than MAX_DECODE_BYTES"
+    assert "14000x14000" in result["error"] and "max_side=1024" in result["error"], result["error"]
+    assert result["growth_mb"] < 50 and result["seconds"] < 5, result
+
+
+def test_decode_budget_counts_the_jpeg_draft_size(huge_jpeg, monkeypatch):
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 64 << 20)
+    with pytest.raises(ImageReadError, match="12000x9000.*MAX_DECODE_BYTES = 64 MiB"):
+        load_image(huge_jpeg)
+    with pytest.raises(ImageReadError, match="12000x9000"):
+        load_query(huge_jpeg, [0, 0, 100, 100], max_side=64)  # the box needs the full resolution
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageConversionWarning)
+        assert load_image(huge_jpeg, max_side=1024).shape == (768, 1024, 3)  # decoded at 1500 x 1125
+
+
+def test_decode_budget_counts_progressive_jpeg_coefficients(tmp_path, monkeypatch):
+    """libjpeg holds a progressive JPEG's DCT coefficients at full size whatever the draft scale."""
+    image = Image.new("RGB", (4000, 3000), (200, 120, 40))
+    baseline, progressive = tmp_path / "baseline.jpg", tmp_path / "progressive.jpg"
+    image.save(baseline, quality=80)
+    image.save(progressive, quality=80, progressive=True)
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 20 << 20)
+    assert load_image(baseline, max_side=500).shape == (375, 500, 3)
+    with pytest.raises(ImageReadError, match="4000x3000 pixels \\(RGB, decoded at 500x375 by JPEG draft\\)"):
+        load_image(progressive, max_side=500)  # 36 MB of coefficients (4:2:0)
+
+
+@pytest.mark.parametrize("where", ["decode", "conversion"])
+def test_memory_error_becomes_image_read_error(tmp_path, monkeypatch, where):
+    path = tmp_path / "gray.png"
+    Image.fromarray(np.full((40, 50), 7, dtype=np.uint8)).save(path)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    if where == "decode":
+        monkeypatch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+    else:
+        monkeypatch.setattr(images, "_to_rgb", out_of_memory)
+    with pytest.raises(ImageReadError, match="ran out of memory decoding the 50x40 image") as info:
+        load_image(path)
+    assert info.value.path == str(path)
+    # not chained to the MemoryError, whose traceback would keep the partial decode alive
+    assert info.value.__context__ is None and info.value.__cause__ is None
+
+
+def test_pillow_decompression_bomb_guard_while_decoding_is_an_image_read_error(tmp_path, monkeypatch):
+    path = tmp_path / "tiles.tif"
+    Image.fromarray(_noise_rgb(100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow checks TIFF tiles again in load()
+    with pytest.raises(ImageReadError, match="decompression-bomb guard refused to decode it") as info:
+        load_image(path)
+    assert info.value.path == str(path)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def _smooth(h, w):
+    y, x = np.mgrid[0:h, 0:w]
+    return (x * 255 / (w - 1) * 0.6 + y * 255 / (h - 1) * 0.4)
+
+
+def _mode_image(mode, path):
+    """A smooth 400 x 300 image of ``mode`` saved to ``path`` (transparency where the mode has it)."""
+    gray = _smooth(300, 400)
+    g8 = np.round(gray).astype(np.uint8)
+    if mode == "L":
+        Image.fromarray(g8).save(path)
+    elif mode == "1":
+        Image.fromarray(g8 > 100).save(path)
+    elif mode == "P":
+        Image.fromarray(np.stack([g8, 255 - g8, g8 // 2], 2)).convert("P").save(path)
+    elif mode == "P-transparent":
+        Image.fromarray(np.stack([g8, 255 - g8, g8 // 2], 2)).quantize(64).save(path, transparency=0)
+    elif mode in ("RGBA", "LA"):
+        alpha = np.round(255 - gray * 0.5).astype(np.uint8)
+        bands = [g8, 255 - g8, g8 // 2][: 3 if mode == "RGBA" else 1] + [alpha]
+        Image.fromarray(np.stack(bands, 2), mode).save(path)
+    elif mode == "I;16":
+        Image.fromarray(np.round(gray * 257).astype(np.uint16)).save(path)
+    elif mode == "F":
+        Image.fromarray((gray / 64 - 1).astype(np.float32)).save(path)
+    elif mode == "CMYK":
+        Image.fromarray(np.stack([g8, 255 - g8, g8 // 2], 2)).convert("CMYK").save(path, quality=95)
+    elif mode == "RGB-rotated":
+        pil = Image.fromarray(np.stack([g8, 255 - g8, g8 // 2], 2))
+        exif = pil.getexif()
+        exif[0x0112] = 6
+        pil.save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("mode, suffix", [
+    ("L", "png"), ("1", "png"), ("P", "png"), ("P-transparent", "png"), ("RGBA", "png"), ("LA", "png"),
+    ("I;16", "png"), ("F", "tif"), ("CMYK", "jpg"), ("RGB-rotated", "jpg")])
+def test_shrinking_before_conversion_agrees_with_converting_first(tmp_path, monkeypatch, mode, suffix):
+    """The path taken for images over MAX_DECODE_BYTES (shrink in the decoded mode, then orient and
+    convert the small image) gives what converting at full size gives, within a level or two."""
+    path = _mode_image(mode, tmp_path / f"image.{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageConversionWarning)
+        reference = load_image(path, max_side=100)
+        monkeypatch.setattr(images, "_check_decode_budget", lambda *args: True)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always", ImageConversionWarning)
+            shrunk_first = load_image(path, max_side=100)
+    expected_shape = (100, 75, 3) if mode == "RGB-rotated" else (75, 100, 3)
+    assert shrunk_first.shape == reference.shape == expected_shape
+    difference = np.abs(shrunk_first.astype(int) - reference.astype(int))
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 3, difference.max()
+    if mode != "RGB-rotated":
+        assert _conversion_messages(record), "the conversion to RGB was not reported"
+
+
+def test_check_image_size():
+    assert check_image_size(MIN_SIDE) == MIN_SIDE and check_image_size(MAX_IMAGE_SIZE) == MAX_IMAGE_SIZE
+    assert check_image_size(np.int64(512)) == 512 and type(check_image_size(np.int64(512))) is int
+    with pytest.raises(ValueError) as info:
+        check_image_size(100000)
+    assert str(info.value) == ("image_size must be an int between 32 and 4096 (pixels of the long side), "
+                               "got 100000")
+    for bad in [MIN_SIDE - 1, 0, -512, MAX_IMAGE_SIZE + 1, True, 512.0, "512", None]:
+        with pytest.raises(ValueError, match="image_size must be an int between"):
+            check_image_size(bad)
+    with pytest.raises(ValueError, match="^--image-size must be"):
+        check_image_size(8, name="--image-size")
 
 
 # ------------------------------------------------------------------------- resize / crop / query

@@ -87,7 +87,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers.data import data_root, save_gnd_json
+from helpers.data import data_root, manifest_digest, save_gnd_json
 
 __all__ = [
     "CLUTTER_MAX_INSTANCE_OVERLAP",
@@ -912,7 +912,7 @@ def content_digest(demo_dir: str | os.PathLike) -> str:
     if not manifest_path.is_file():
         raise DemoDatasetError(f"no manifest at {manifest_path}; generate the set with "
                                "python data_scripts/make_demo.py")
-    return hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:12]
+    return manifest_digest(demo_dir)
 
 
 def ensure_demo(root: str | os.PathLike | None = None, seed: int = 0) -> Path:

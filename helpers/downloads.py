@@ -71,20 +71,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from helpers.data import PARIS6K_CORRUPT_IMAGES, known_sha256  # noqa: F401 (re-exported)
+
 USER_AGENT = "instret-download/1.0 (+python urllib)"
 DEFAULT_TIMEOUT_S = 60.0
 CHUNK_SIZE = 1 << 20
 
-#: Paris 6k files that are HTML error pages, not JPEGs (https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/corrupt.txt).
-PARIS6K_CORRUPT_IMAGES = (
-    "paris_louvre_000136.jpg", "paris_louvre_000146.jpg", "paris_moulinrouge_000422.jpg",
-    "paris_museedorsay_001059.jpg", "paris_notredame_000188.jpg", "paris_pantheon_000284.jpg",
-    "paris_pantheon_000960.jpg", "paris_pantheon_000974.jpg", "paris_pompidou_000195.jpg",
-    "paris_pompidou_000196.jpg", "paris_pompidou_000201.jpg", "paris_pompidou_000467.jpg",
-    "paris_pompidou_000640.jpg", "paris_sacrecoeur_000299.jpg", "paris_sacrecoeur_000330.jpg",
-    "paris_sacrecoeur_000353.jpg", "paris_triomphe_000662.jpg", "paris_triomphe_000833.jpg",
-    "paris_triomphe_000863.jpg", "paris_triomphe_000867.jpg",
-)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -506,6 +498,7 @@ class RemoteFile:
     """One published file. ``action``: "save" (keep as is in the dataset folder) or "extract" (unpack,
     then collect the files with ``suffixes`` flat into ``target``, relative to the data root)."""
     url: str
+    #: pinned here, or else in :data:`helpers.data.PINNED_SHA256` (the one table of checksums)
     sha256: str | None = None
     action: str = "extract"
     target: str = ""
@@ -515,6 +508,10 @@ class RemoteFile:
     @property
     def filename(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    def __post_init__(self):
+        if self.sha256 is None:
+            object.__setattr__(self, "sha256", known_sha256(self.filename))
 
 
 @dataclass(frozen=True)
@@ -575,15 +572,6 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         images_target="ukbench/jpg", expected_images=10200,
         notes="Nister and Stewenius, CVPR 2006: 10200 images in groups of 4 (archive.org mirror)."),
 }
-
-
-def known_sha256(filename: str) -> str | None:
-    """The SHA-256 pinned in :data:`DATASET_SOURCES` for a file name, or None."""
-    for source in DATASET_SOURCES.values():
-        for remote in source.files:
-            if remote.filename == filename and remote.sha256:
-                return remote.sha256
-    return None
 
 
 def _count_images(folder: Path, suffixes=(".jpg", ".jpeg")) -> int:

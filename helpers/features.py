@@ -54,13 +54,12 @@ import torch
 
 from .backbones import Backbone
 from .cache import DamagedCacheError, atomic_path, atomic_write, cache_root, read_entry, safe_name
-from .images import ImageReadError, displayed_size, load_image, load_query
-from .pooling import POOLINGS, pool_all
-from .whitening import l2n_np
+from .images import ImageReadError, check_image_size, displayed_size, load_image, load_query
+from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
     "SPLITS", "atomic_path", "atomic_write", "bbx_on_map", "cache_root", "checked_box", "db_alias", "extract_maps",
-    "prefetch", "split_images", "extract_vectors", "extraction_info",]
+    "extract_vectors", "extraction_info", "load_split_image", "prefetch", "split_images"]
 
 SPLITS = ("db", "query", "query_full")
 
@@ -159,8 +158,7 @@ def _note_unreadable(dataset, entry: Path, split: str) -> None:
 def _check_args(image_size, split):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 32:
-        raise ValueError(f"image_size must be an int >= 32 (pixels of the long side), got {image_size!r}")
+    check_image_size(image_size)
 
 
 def split_images(dataset, split):
@@ -189,10 +187,15 @@ def db_alias(dataset, split):
     return alias
 
 
-def _load(path, bbx, image_size):
-    if bbx is None:
-        return load_image(path, image_size)
-    return load_query(path, bbx, image_size)
+def load_split_image(dataset, split: str, index: int, max_side: int | None = None) -> np.ndarray:
+    """Image ``index`` of a split as the extraction sees it (a query cropped by its box for
+    ``split="query"``), resized to ``max_side`` on the long side: the one way to read a split's image."""
+    path, bbx = split_images(dataset, split)[index]
+    return _load(path, bbx, max_side)
+
+
+def _load(path, bbx, max_side):
+    return load_image(path, max_side) if bbx is None else load_query(path, bbx, max_side)
 
 
 def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_layers, desc) -> None:

@@ -8,7 +8,9 @@ re-rank override it.
 
 This module registers the pooling baselines ``mac``, ``spoc``, ``gem``, ``rmac`` and ``crow``
 (optionally PCA-whitened); the method modules ``ack``, ``actnet``, ``multilayer``, ``roi`` and
-``clusters`` register theirs when imported (:func:`make_method` imports them on demand).
+``clusters`` register theirs when imported; the registry names where each is defined, so
+:func:`make_method` imports them on demand. Options are declared by each method's ``__init__``
+signature (:mod:`helpers.options`).
 """
 from __future__ import annotations
 
@@ -22,18 +24,18 @@ from .pooling import POOLINGS
 from .whitening import PCAWhitening
 
 __all__ = [
-    "METHOD_MODULES", "PoolingMethod", "RetrievalMethod", "available_methods", "evaluate_method",
-    "make_method", "register_method",
+    "PoolingMethod", "RetrievalMethod", "available_methods", "evaluate_method",
+    "make_method", "method_class", "register_method",
 ]
 
-_REGISTRY: dict[str, type] = {}
-
-#: Where each method is registered (imported lazily by :func:`make_method`).
-METHOD_MODULES = {
-    "mac": "helpers.methods", "spoc": "helpers.methods", "gem": "helpers.methods",
-    "rmac": "helpers.methods", "crow": "helpers.methods",
-    "ack": "helpers.ack", "actnet": "helpers.actnet", "multilayer": "helpers.multilayer",
-    "roi": "helpers.roi", "clusters": "helpers.clusters",
+#: The one registry of methods: name -> the class, or ``"module:Class"`` where a method module defines
+#: it (imported on first use, so that ``import helpers`` stays light). :func:`register_method` puts the
+#: class in when its module is imported.
+_REGISTRY: dict[str, type | str] = {
+    **{name: "helpers.methods:PoolingMethod" for name in POOLINGS},
+    "ack": "helpers.ack:ACKMethod", "actnet": "helpers.actnet:ACTNetMethod",
+    "multilayer": "helpers.multilayer:MultiLayerFusion", "roi": "helpers.roi:RoIMethod",
+    "clusters": "helpers.clusters:ActivationClustersMethod",
 }
 
 
@@ -41,13 +43,29 @@ def register_method(name: str):
     """Class decorator registering a :class:`RetrievalMethod` subclass under ``name``."""
 
     def decorate(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].__module__}")
+        taken = _REGISTRY.get(name)
+        declared = isinstance(taken, str) and taken.split(":")[0] == cls.__module__
+        if taken is not None and taken is not cls and not declared:
+            where = taken if isinstance(taken, str) else taken.__module__
+            raise ValueError(f"method {name!r} is already registered by {where}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
 
     return decorate
+
+
+def method_class(name: str) -> type:
+    """The class registered as ``name`` (importing its module on first use)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        importlib.import_module(entry.split(":")[0])
+        entry = _REGISTRY[name]
+        if isinstance(entry, str):
+            raise RuntimeError(f"{entry.split(':')[0]} did not register method {name!r}")
+    return entry
 
 
 class RetrievalMethod:
@@ -126,16 +144,13 @@ for _pooling in POOLINGS:
 
 
 def available_methods() -> list[str]:
-    return sorted(METHOD_MODULES)
+    return sorted(_REGISTRY)
 
 
 def make_method(name: str, backbone, image_size: int, **options) -> RetrievalMethod:
-    """Instantiate the method registered as ``name``."""
-    if name not in _REGISTRY:
-        if name not in METHOD_MODULES:
-            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
-        importlib.import_module(METHOD_MODULES[name])
-    cls = _REGISTRY[name]
+    """Instantiate the method registered as ``name``, its options checked against its declaration
+    (:func:`helpers.options.validate_options`)."""
+    cls = method_class(name)
     return cls(backbone, image_size, **validate_options(cls, options))
 
 
@@ -158,8 +173,7 @@ def evaluate_method(dataset_name: str, backbone_name: str = "efficientnet_lite0"
 
     dataset = load_dataset(dataset_name)
     image_size = check_image_size(image_size or default_image_size(dataset_name))
-    if method_name not in METHOD_MODULES:
-        raise ValueError(f"unknown method {method_name!r}; choose one of {', '.join(available_methods())}")
+    method_class(method_name)  # an unknown name fails before the backbone loads
     backbone = load_backbone(backbone_name)
     method = make_method(method_name, backbone, image_size, **options)
     train_name = None
@@ -180,11 +194,7 @@ def split_method_options(method_names, options) -> dict[str, dict]:
     to every listed method that declares it (an error when none does)."""
     from .options import OptionError, option_specs
 
-    for name in method_names:
-        if name not in METHOD_MODULES:
-            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
-        if name not in _REGISTRY:
-            importlib.import_module(METHOD_MODULES[name])
+    classes = {name: method_class(name) for name in method_names}
     spread: dict[str, dict] = {name: {} for name in method_names}
     for key, value in options:
         target, _, option = key.rpartition(".")
@@ -194,7 +204,7 @@ def split_method_options(method_names, options) -> dict[str, dict]:
                                   f"({', '.join(method_names)})")
             spread[target][option] = value
             continue
-        takers = [n for n in method_names if option in option_specs(_REGISTRY[n])]
+        takers = [n for n in method_names if option in option_specs(classes[n])]
         if not takers:
             raise OptionError(f"unknown options [{option!r}]: no compared method declares it "
                               f"({', '.join(method_names)}); use METHOD.{option}=VALUE for one method")

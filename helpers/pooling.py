@@ -39,9 +39,20 @@ def _check_map(x: torch.Tensor) -> None:
         raise ValueError(f"empty feature map of shape {tuple(x.shape)}")
 
 
-def l2n(v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """l2-normalise along the last dimension (a zero vector stays zero)."""
+#: Added to the norm by :func:`l2n` and :func:`l2n_np`, so that a zero vector stays zero.
+L2N_EPS = 1e-6
+
+
+def l2n(v: torch.Tensor, eps: float = L2N_EPS) -> torch.Tensor:
+    """l2-normalise along the last dimension (a zero vector stays zero). The suite's one
+    l2-normalisation; :func:`l2n_np` is its numpy face."""
     return v / (v.norm(p=2, dim=-1, keepdim=True) + eps)
+
+
+def l2n_np(X, eps: float = L2N_EPS) -> np.ndarray:
+    """:func:`l2n` for numpy arrays (float32 rows)."""
+    X = np.asarray(X, dtype=np.float32)
+    return X / (np.linalg.norm(X, axis=-1, keepdims=True) + eps)
 
 
 def mac(x: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PCAWhitening", "l2n_np"]
+from .pooling import l2n_np
 
-
-def l2n_np(X: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """l2-normalise the rows of ``X``."""
-    X = np.asarray(X, dtype=np.float32)
-    return X / (np.linalg.norm(X, axis=-1, keepdims=True) + eps)
+__all__ = ["PCAWhitening"]
 
 
 class PCAWhitening:

@@ -464,32 +464,32 @@ def test_available_and_on_disk(tmp_path):
     assert datasets_on_disk(root)["roxford5k"]
 
 
-def test_demo_goes_through_ensure_demo(tmp_path, monkeypatch):
-    """'demo' asks helpers.demo_dataset.ensure_demo(root) for <root>/demo and reads gnd_demo.json there."""
-    calls = []
-
-    def fake_ensure_demo(root):
-        calls.append(Path(root))
-        demo = Path(root) / "demo"
-        _touch_images(demo / "jpg", ["a.jpg", "b.jpg", "q.jpg"])
-        for name in ("demo", "demo-train"):
-            save_gnd_json(demo / f"gnd_{name}.json", {
-                "imlist": ["a.jpg", "b.jpg"], "qimlist": ["q.jpg"], "protocol": "revisited",
-                "gnd": [{"easy": [0], "hard": [], "junk": [1], "bbx": [0, 0, 5, 5]}],
-                "instance_labels": ["x", "y"], "query_labels": ["x"]})
-        return demo
-
-    monkeypatch.setitem(sys.modules, "helpers.demo_dataset", types.SimpleNamespace(
-        ensure_demo=fake_ensure_demo, content_digest=lambda demo_dir: "fakedigest01"))
-    monkeypatch.setattr("helpers.demo_dataset", sys.modules["helpers.demo_dataset"], raising=False)
+def test_demo_is_read_not_generated(tmp_path):
+    """'demo' reads <root>/demo/gnd_demo.json and its manifest; a missing set is a DatasetNotFoundError
+    naming the generator script, never a generation as a side effect of loading."""
     root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError, match="make_demo.py"):
+        load_dataset("demo", root=root)
+    assert not (root / "demo").exists()
+    demo = root / "demo"
+    _touch_images(demo / "jpg", ["a.jpg", "b.jpg", "q.jpg"])
+    for name in ("demo", "demo-train"):
+        save_gnd_json(demo / f"gnd_{name}.json", {
+            "imlist": ["a.jpg", "b.jpg"], "qimlist": ["q.jpg"], "protocol": "revisited",
+            "gnd": [{"easy": [0], "hard": [], "junk": [1], "bbx": [0, 0, 5, 5]}],
+            "instance_labels": ["x", "y"], "query_labels": ["x"]})
+    with pytest.raises(DatasetNotFoundError, match="manifest.json"):
+        load_dataset("demo", root=root)
+    (demo / "manifest.json").write_text('{"sha256": {}}')
     ds = load_dataset("demo", root=root)
     train = load_dataset("demo-train", root=root)
-    assert calls == [root, root]
     assert ds.name == "demo" and train.name == "demo-train" and ds.root == root / "demo" / "jpg"
     assert ds.instance_labels == ["x", "y"] and ds.gnd[0]["bbx"] == [0.0, 0.0, 5.0, 5.0]
     assert ds.key != train.key and ds.db_path(0).is_file()
     assert datasets_on_disk(root)["demo"]
+    before = ds.key
+    (demo / "manifest.json").write_text('{"sha256": {"a.jpg": "x"}}')   # regenerated content
+    assert load_dataset("demo", root=root).key != before
 
 
 def test_folder_identity_follows_the_bytes_not_the_timestamps(photo_folder):

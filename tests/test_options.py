@@ -18,17 +18,17 @@ def test_any_other_boolean_spelling_is_an_error(text):
 
 
 def test_pooling_options_are_declared_by_the_signature():
-    from helpers.methods import _REGISTRY
+    from helpers.methods import method_class
 
-    specs = option_specs(_REGISTRY["gem"])
+    specs = option_specs(method_class("gem"))
     assert list(specs) == ["whiten", "whiten_dim", "whiten_shrinkage", "layer"]
     assert specs["whiten"].kind == "bool" and specs["whiten_dim"].optional and specs["whiten_dim"].kind == "int"
 
 
 def test_text_from_the_command_line_is_converted_to_the_declared_kinds():
-    from helpers.methods import _REGISTRY
+    from helpers.methods import method_class
 
-    gem = _REGISTRY["gem"]
+    gem = method_class("gem")
     assert validate_options(gem, {"whiten": "no"}) == {"whiten": False}
     assert validate_options(gem, {"whiten": "yes", "whiten_dim": "64", "whiten_shrinkage": "0.5"}) == {
         "whiten": True, "whiten_dim": 64, "whiten_shrinkage": 0.5}
@@ -50,12 +50,9 @@ def test_whiten_no_does_not_switch_whitening_on(backbone):
 
 @pytest.mark.parametrize("name", ["ack", "multilayer", "roi", "clusters"])
 def test_every_method_declares_its_options(name):
-    import importlib
+    from helpers.methods import method_class
 
-    from helpers.methods import METHOD_MODULES, _REGISTRY
-
-    importlib.import_module(METHOD_MODULES[name])
-    specs = option_specs(_REGISTRY[name])
+    specs = option_specs(method_class(name))
     assert specs and all(spec.name == key for key, spec in specs.items())
     with pytest.raises(OptionError, match="unknown options"):
-        validate_options(_REGISTRY[name], {"no_such_option": "1"})
+        validate_options(method_class(name), {"no_such_option": "1"})

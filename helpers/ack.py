@@ -9,7 +9,12 @@ The pieces, in the order of the paper:
   brightness, the global pooling of its activation map (MAC, SPoC, R-MAC, CroW or GeM from
   :mod:`helpers.pooling`): :func:`kernel_brightness`.
 * **The ACK code** (Algorithm 1 step 4): the indices of the ``n`` brightest kernels, brightest
-  first, stored as unsigned 16-bit integers: :func:`ack_codes`.
+  first, stored as unsigned 16-bit integers: :func:`ack_codes`. Kernels of equal brightness are
+  ordered by a second statistic of their maps (:data:`TIE_BREAK`, the mean activation for all
+  but SPoC brightening), then by index: with a bounded activation (ReLU6) many kernels share the
+  same MAC, and ordering them by index would make the codes depend on how the kernels are
+  numbered. :func:`map_codes` (from conv maps) and :func:`vector_codes` (from pooled vectors)
+  apply it.
 * **dosd** (Sec. 4, Algorithm 2): a position-sensitive similarity of two codes built from the
   matrices ``K`` (:func:`position_matrix_K`), ``W`` (:func:`rank_weights_W`) and the
   pseudo-Gaussian ``G`` (:func:`pseudo_gaussian_G`). :func:`dosd_reference` is Algorithm 2 as
@@ -43,14 +48,15 @@ import numpy as np
 import torch
 
 from .methods import RetrievalMethod, register_method
-from .pooling import POOLINGS
+from .pooling import POOLINGS, pool_all
 
 __all__ = [
-    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "ack_codes", "ack_scores", "check_codes",
-    "contribution_table", "dosd_closed_form", "dosd_reference", "dosd_scores", "histogram_similarity",
-    "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors",
-    "pca_scores", "position_matrix_K", "pseudo_gaussian_G", "random_codes", "rank_weights_W",
-    "response_box", "search_timings",
+    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "TIE_BREAK", "ack_codes", "ack_scores",
+    "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
+    "dosd_scores", "histogram_similarity", "jaccard_scores", "jaccard_similarity", "kernel_brightness",
+    "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
+    "pseudo_gaussian_G", "random_codes", "rank_weights_W", "response_box", "search_timings",
+    "sum_dtypes", "undefined_reason", "vector_codes",
 ]
 
 #: dtype of stored codes: kernel indices of layers with up to 65,536 channels
@@ -58,6 +64,21 @@ CODE_DTYPE = np.uint16
 
 
 # ---------------------------------------------------------------------------------- Algorithm 1
+#: the statistic that orders kernels of equal brightness, per brightening pooling: the mean
+#: activation (SPoC) of the kernel over the map; for SPoC brightening itself, the maximum (MAC)
+TIE_BREAK = {"mac": "spoc", "spoc": "mac", "gem": "spoc", "rmac": "spoc", "crow": "spoc"}
+
+
+def _check_brightening(brightening):
+    if brightening not in POOLINGS:
+        raise ValueError(f"unknown brightening pooling {brightening!r}; choose one of {', '.join(POOLINGS)}")
+    return brightening
+
+
+def _as_numpy(values):
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
 def kernel_brightness(fmap: torch.Tensor, pooling: str = "gem", **options) -> torch.Tensor:
     """Brightness of every kernel of a conv map (Algorithm 1 step 3): the global pooling
     ``pooling`` (``"mac"``, ``"spoc"``, ``"gem"``, ``"rmac"``, ``"crow"``) of each channel.
@@ -65,19 +86,18 @@ def kernel_brightness(fmap: torch.Tensor, pooling: str = "gem", **options) -> to
     ``fmap`` is ``[..., C, H, W]``; returns ``[..., C]``. Only the order of the values matters for
     the code, so no normalisation is applied.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown brightening pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    return POOLINGS[pooling](fmap, **options)
+    return POOLINGS[_check_brightening(pooling)](fmap, **options)
 
 
-def ack_codes(brightness, n: int) -> np.ndarray:
+def ack_codes(brightness, n: int, tie_break=None) -> np.ndarray:
     """ACK codes (Algorithm 1 step 4): indices of the ``n`` brightest kernels, brightest first.
 
     ``brightness`` is ``C`` values (one image) or ``N x C`` (one row per image), numpy or torch.
-    Returns ``n`` (or ``N x n``) :data:`CODE_DTYPE` indices. Ties are broken by the lower kernel
-    index (stable sort), so codes are deterministic.
+    Kernels of equal brightness are ordered by ``tie_break`` (the same shape, higher first; e.g. the
+    kernels' mean activation, see :data:`TIE_BREAK`), and kernels equal in both by the lower
+    index, so codes are deterministic. Returns ``n`` (or ``N x n``) :data:`CODE_DTYPE` indices.
     """
-    b = brightness.detach().cpu().numpy() if isinstance(brightness, torch.Tensor) else np.asarray(brightness)
+    b = _as_numpy(brightness)
     if b.ndim not in (1, 2) or b.shape[-1] == 0:
         raise ValueError(f"brightness must be C or N x C values, got shape {b.shape}")
     if not np.issubdtype(b.dtype, np.number) or not np.all(np.isfinite(b)):
@@ -87,8 +107,50 @@ def ack_codes(brightness, n: int) -> np.ndarray:
         raise ValueError(f"{n_kernels} kernels do not fit {np.dtype(CODE_DTYPE).name} codes")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= n_kernels:
         raise ValueError(f"n must be an integer in 1..{n_kernels} (the layer's kernels), got {n!r}")
-    order = np.argsort(-b.astype(np.float64), axis=-1, kind="stable")
+    keys = [-b.astype(np.float64)]
+    if tie_break is not None:
+        t = _as_numpy(tie_break)
+        if t.shape != b.shape:
+            raise ValueError(f"tie_break must have the shape of brightness {b.shape}, got {t.shape}")
+        if not np.issubdtype(t.dtype, np.number) or not np.all(np.isfinite(t)):
+            raise ValueError("tie_break must be finite numbers")
+        keys.insert(0, -t.astype(np.float64))
+    # lexsort: the last key is the primary one; it is stable, so exact ties of all keys keep index order
+    order = np.lexsort(keys, axis=-1)
     return np.ascontiguousarray(order[..., :n]).astype(CODE_DTYPE)
+
+
+def map_codes(fmap, brightening: str, n: int) -> np.ndarray:
+    """ACK codes of conv maps: one map ``C x H x W`` (returns ``n`` indices) or a batch
+    ``N x C x H x W`` (``N x n``). Kernels are ranked by the ``brightening`` pooling (default
+    parameters) and their ties broken by the :data:`TIE_BREAK` pooling of the same maps (see
+    :func:`ack_codes`), both from :func:`helpers.pooling.pool_all`, which the feature cache uses
+    too: its per-channel arithmetic does not depend on where a channel sits, so kernels with equal
+    maps get exactly equal values (the vectorised sums of the torch R-MAC can differ in the last
+    bit between channels, which would split a tie).
+    """
+    brightening = _check_brightening(brightening)
+    fmap = torch.as_tensor(fmap)
+    if fmap.ndim not in (3, 4):
+        raise ValueError(f"fmap must be one map C x H x W or N x C x H x W maps, got shape {tuple(fmap.shape)}")
+    pooled = [pool_all(m) for m in (fmap[None] if fmap.ndim == 3 else fmap)]
+    keys = {p: torch.stack([v[p] for v in pooled]) for p in (brightening, TIE_BREAK[brightening])}
+    codes = vector_codes(keys, brightening, n)
+    return codes[0] if fmap.ndim == 3 else codes
+
+
+def vector_codes(vectors, brightening: str, n: int) -> np.ndarray:
+    """ACK codes from pooled vectors ``{pooling: N x C}`` as
+    :func:`helpers.features.extract_vectors` returns them (l2-normalised: the normalisation does
+    not reorder the kernels): ``vectors[brightening]`` ranks the kernels,
+    ``vectors[TIE_BREAK[brightening]]`` breaks its ties (see :func:`ack_codes`)."""
+    brightening = _check_brightening(brightening)
+    missing = [p for p in (brightening, TIE_BREAK[brightening]) if p not in vectors]
+    if missing:
+        raise ValueError(f"vectors lack the pooling(s) {missing}: {brightening} brightening needs "
+                         f"{brightening!r} and its tie-break {TIE_BREAK[brightening]!r} "
+                         f"(extract_vectors(..., poolings=({brightening!r}, {TIE_BREAK[brightening]!r})))")
+    return ack_codes(vectors[brightening], n, tie_break=vectors[TIE_BREAK[brightening]])
 
 
 def kernel_frequencies(codes, n_kernels: int) -> np.ndarray:
@@ -211,17 +273,34 @@ def contribution_table(n: int) -> np.ndarray:
     """Integer contributions ``S[i, j] = n^2 (n - |i-j|) G(i, j) = (n - |i-j|)^2 (n - i)``
     (int64, ``n x n``) and, by Algorithm 2, ``dosd = sum S / (n^2 Sum_max) = 2 sum S / (n^3 (n+1))``.
 
-    Sums of these integers are exact, so the vectorised search equals the reference.
+    Sums of these integers are exact, so the vectorised search equals the reference. The largest
+    entry is ``S[0, 0] = n^3`` and the largest sum (``A == B``) ``n^3 (n+1) / 2``: see
+    :func:`sum_dtypes` for the integer widths that hold them.
     """
     n = _check_n(n)
     i = np.arange(n, dtype=np.int64)
     return (n - np.abs(i[:, None] - i[None, :])) ** 2 * (n - i)[:, None]
 
 
+def sum_dtypes(n: int) -> tuple[type, type]:
+    """``(table dtype, accumulator dtype)`` that hold the contributions of codes of length ``n``
+    exactly: uint32 while the largest entry ``n^3`` (``n <= 1625``) / the largest sum
+    ``n^3 (n+1) / 2`` (``n <= 303``) stays below ``2^32``, else uint64 (exact for every ``n`` up to
+    the 65,536 kernels that :data:`CODE_DTYPE` indexes: ``n^3 (n+1) / 2 < 2^64``). The narrow type
+    halves the memory that the search streams, so short codes keep it."""
+    n = _check_n(n)
+    table = np.uint32 if n ** 3 < 2 ** 32 else np.uint64
+    acc = np.uint32 if n ** 3 * (n + 1) // 2 < 2 ** 32 else np.uint64
+    return table, acc
+
+
 # ---------------------------------------------------------------------------------- search
 
 #: database codes per block of the search kernel (one block per task; its accumulators stay in cache)
 SEARCH_BLOCK = 4096
+
+#: most bytes of query tables built at once (long codes of wide layers: 8 bytes x n x n_kernels each)
+TABLE_BYTES = 256 * 2 ** 20
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -231,7 +310,10 @@ def _lookup_sums_kernel(codes_by_position, tables, out):  # pragma: no cover - c
     Blocks of :data:`SEARCH_BLOCK` database codes are dealt out to numba's threads; inside a block
     four positions at a time gather from their table rows (``n_kernels`` entries each, in L1) for a
     contiguous run of codes, so the accumulators are read and written once per four lookups
-    (measured: 1.7x faster than one position at a time). Integer sums: exact.
+    (measured: 1.7x faster than one position at a time). Integer sums: exact when ``out``'s dtype
+    holds the sums and ``tables``' dtype the entries (:func:`sum_dtypes`; numba adds unsigned
+    integers in 64 bits, so the partial sums of four uint32 entries do not wrap); compiled once
+    per (table, accumulator) dtype pair.
     """
     n, size = codes_by_position.shape
     n_queries = tables.shape[0]
@@ -271,8 +353,9 @@ class ACKIndex:
     (:func:`_lookup_sums_kernel`, numba, blocks of the database on every core). Measured on the 2-core
     VM, 100,000 codes, n=256: ~13 ms per query against ~30 ms for the best pure numpy/torch layout
     (n whole-database ``index_select`` gathers dealt out to threads; an inverted index over kernel ids
-    with ``np.bincount`` and flat ``index_select`` blocks were slower still). Sums are integers (uint32 while ``n^3 (n+1)/2 < 2^32``,
-    i.e. ``n <= 303``, else uint64), hence exactly :func:`dosd_reference`.
+    with ``np.bincount`` and flat ``index_select`` blocks were slower still). Tables and sums are
+    integers of the width :func:`sum_dtypes` picks from ``n`` (uint32 for short codes, uint64 for
+    long ones), hence exactly :func:`dosd_reference` for every code length.
     """
 
     def __init__(self, db_codes, n_kernels: int):
@@ -285,8 +368,8 @@ class ACKIndex:
         self.n = codes.shape[1]
         self.size = codes.shape[0]
         self.codes_by_position = np.ascontiguousarray(codes.T)
-        self._contrib = contribution_table(self.n)
-        self._acc_dtype = np.uint32 if self.n ** 3 * (self.n + 1) // 2 < 2 ** 32 else np.uint64
+        self._table_dtype, self._acc_dtype = sum_dtypes(self.n)
+        self._contrib = contribution_table(self.n).astype(self._table_dtype)
 
     @property
     def nbytes(self) -> int:
@@ -310,14 +393,19 @@ class ACKIndex:
         R[q.astype(np.intp), np.arange(q.shape[0])[:, None]] = np.arange(self.n)[None, :]
         return R
 
-    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int) -> np.ndarray:
-        """``sum_j S_ext[rank_q(d_j), j]`` for every (database code d, query q), ``N x Q``, where
-        ``rank_q(k)`` is the position of kernel ``k`` in ``q`` or ``n`` (row ``n`` of ``S_ext``
-        is zero: a kernel absent from the query contributes nothing)."""
+    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int, acc_dtype) -> np.ndarray:
+        """``sum_j S_ext[rank_q(d_j), j]`` for every (database code d, query q), ``N x Q`` of
+        ``acc_dtype``, where ``rank_q(k)`` is the position of kernel ``k`` in ``q`` or ``n`` (row
+        ``n`` of ``S_ext`` is zero: a kernel absent from the query contributes nothing).
+
+        At most ``query_chunk`` queries share one pass over the database; fewer when their tables
+        (``n x n_kernels`` entries each) would exceed :data:`TABLE_BYTES`."""
         q = self._queries(query_codes)
         if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
             raise ValueError(f"query_chunk must be a positive integer, got {query_chunk!r}")
-        out = np.zeros((q.shape[0], self.size), dtype=self._acc_dtype)
+        table_bytes = self.n * self.n_kernels * S_ext.itemsize
+        query_chunk = max(1, min(int(query_chunk), TABLE_BYTES // table_bytes))
+        out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)  # one thread count for torch, BLAS and this search
@@ -333,13 +421,13 @@ class ACKIndex:
 
     def dosd_sums(self, query_codes, query_chunk: int = 8) -> np.ndarray:
         """Integer sums ``n^2 Sum`` of Algorithm 2 for every (database image, query): ``N x Q``."""
-        S_ext = np.vstack([self._contrib, np.zeros((1, self.n), np.int64)]).astype(np.uint32)
-        return self._lookup_sums(query_codes, S_ext, query_chunk)
+        S_ext = np.vstack([self._contrib, np.zeros((1, self.n), self._table_dtype)])
+        return self._lookup_sums(query_codes, S_ext, query_chunk, self._acc_dtype)
 
     def intersections(self, query_codes, query_chunk: int = 8) -> np.ndarray:
-        """``|q ∩ d|`` for every (database image, query): ``N x Q`` integers."""
+        """``|q ∩ d|`` for every (database image, query): ``N x Q`` integers (uint32: at most ``n``)."""
         S_ext = np.vstack([np.ones((self.n, self.n), np.uint32), np.zeros((1, self.n), np.uint32)])
-        return self._lookup_sums(query_codes, S_ext, query_chunk)
+        return self._lookup_sums(query_codes, S_ext, query_chunk, np.uint32)
 
     def dosd(self, query_codes, query_chunk: int = 8) -> np.ndarray:
         """dosd(query, database image) for every pair: ``N x Q`` float64 in [0, 1]."""
@@ -371,6 +459,18 @@ def jaccard_scores(query_codes, db_codes, n_kernels: int | None = None) -> np.nd
     """Jaccard similarity of every query code against every database code, ``N_db x N_q``."""
     n_kernels = n_kernels if n_kernels is not None else _infer_kernels(query_codes, db_codes)
     return ACKIndex(db_codes, n_kernels).jaccard(query_codes)
+
+
+def undefined_reason(metric: str, n: int, n_kernels: int) -> str | None:
+    """Why ``metric`` cannot rank codes of length ``n`` of a layer of ``n_kernels`` kernels, or
+    ``None`` when it can. Jaccard is undefined at ``n == n_kernels``: every code holds every
+    kernel, so every pair scores 1 and a ranking by it is the database order. dosd stays defined
+    (the codes still differ in their order)."""
+    if metric not in ("dosd", "jaccard"):
+        raise ValueError(f"unknown metric {metric!r}; choose 'dosd' or 'jaccard'")
+    if metric == "jaccard" and n == n_kernels:
+        return "undefined: every code holds every kernel"
+    return None
 
 
 def ack_scores(query_codes, db_codes, n_kernels: int, metric: str = "dosd") -> np.ndarray:
@@ -434,15 +534,51 @@ def pca_scores(train_vectors, query_vectors, db_vectors, dim: int) -> np.ndarray
     return project(db_vectors) @ project(query_vectors).T
 
 
-def layer_vectors(dataset, backbone, layers, image_size: int, split: str, pooling: str = "gem") -> dict:
-    """Pooled vectors ``{layer: N x C}`` of several conv layers, as :func:`helpers.features.extract_vectors`
-    returns them, with ONE backbone pass for all the layers not cached yet (:func:`helpers.features.prefetch`)."""
+def layer_vectors(dataset, backbone, layers, image_size: int, split: str, poolings=("gem", "spoc")) -> dict:
+    """Pooled vectors ``{layer: {pooling: N x C}}`` of several conv layers, as
+    :func:`helpers.features.extract_vectors` returns them, with ONE backbone pass for all the layers
+    not cached yet (:func:`helpers.features.prefetch`). The default poolings are what
+    :func:`vector_codes` needs for GeM brightening."""
     from . import features
 
     layers = [backbone.resolve(layer) for layer in layers]
     features.prefetch(dataset, backbone, image_size, split, vector_layers=layers)
-    return {layer: features.extract_vectors(dataset, backbone, layer, image_size, split, (pooling,))[pooling]
+    return {layer: features.extract_vectors(dataset, backbone, layer, image_size, split, tuple(poolings))
             for layer in layers}
+
+
+def code_length_sweep(query_vectors, db_vectors, brightening: str, n_values, n_kernels: int, measure,
+                      metrics=("dosd", "jaccard")) -> dict:
+    """Fig. 5: a retrieval measure of ACK codes for every code length ``n`` and metric.
+
+    ``query_vectors`` / ``db_vectors`` are pooled vectors ``{pooling: N x C}`` (see
+    :func:`vector_codes`: ``brightening`` and its :data:`TIE_BREAK` pooling); ``measure(scores)``
+    turns an ``N_db x N_q`` score matrix into one number (e.g. the mAP of
+    :func:`helpers.evaluate.evaluate_scores`). Returns ``{"n": [...], metric: [value per n],
+    "undefined": {metric: {n: reason}}}``; where :func:`undefined_reason` gives a reason the value
+    is NaN and the scores are not computed.
+    """
+    n_values = [int(n) for n in n_values]
+    bad = [n for n in n_values if not 1 <= n <= n_kernels]
+    if bad:
+        raise ValueError(f"n_values must lie in 1..{n_kernels} (the layer's kernels), got {bad}")
+    for metric in metrics:
+        undefined_reason(metric, 1, n_kernels)  # validates the metric names
+    result = {"n": n_values, "undefined": {metric: {} for metric in metrics}}
+    result.update({metric: [] for metric in metrics})
+    for n in n_values:
+        qc = vector_codes(query_vectors, brightening, n)
+        dc = vector_codes(db_vectors, brightening, n)
+        index = ACKIndex(dc, n_kernels)
+        for metric in metrics:
+            reason = undefined_reason(metric, n, n_kernels)
+            if reason is not None:
+                result["undefined"][metric][n] = reason
+                result[metric].append(float("nan"))
+            else:
+                scores = index.dosd(qc) if metric == "dosd" else index.jaccard(qc)
+                result[metric].append(float(measure(scores)))
+    return result
 
 
 def random_codes(n_codes: int, n: int, n_kernels: int, seed: int = 0, chunk: int = 8192) -> np.ndarray:
@@ -516,9 +652,9 @@ class ACKMethod(RetrievalMethod):
 
     Options:
 
-    * ``brightening``: the pooling that measures each kernel's brightness, default ``"gem"`` — the
-      best in the paper's Table 3, and the best of the five on the demo set too (Table 3 of
-      ``notebooks/02_ack_kernels``).
+    * ``brightening``: the pooling that measures each kernel's brightness, default ``"gem"`` (the
+      best in the paper's Table 3); kernels of equal brightness are ordered by the
+      :data:`TIE_BREAK` pooling (see :func:`ack_codes`).
     * ``n``: the code length, default :data:`DEFAULT_N` = 256 (or the layer's channels if fewer).
       For efficientnet_lite0's ``conv_head`` (1280 kernels) the demo mAP with dosd rises steeply
       up to n=256 and slowly after it (a few points up to n=1280, Fig. 5 of the notebook) at 2-5x
@@ -549,21 +685,25 @@ class ACKMethod(RetrievalMethod):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if n > self.n_kernels:
             raise ValueError(f"n={n} exceeds the {self.n_kernels} kernels of layer {self.layer!r}")
+        reason = undefined_reason(metric, int(n), self.n_kernels)
+        if reason is not None:
+            raise ValueError(f"metric={metric!r} with n={n} = the {self.n_kernels} kernels of layer "
+                             f"{self.layer!r} is {reason}; choose n < {self.n_kernels} or metric='dosd'")
         self.n = int(n)
         self.brightening = brightening
         self.metric = metric
 
-    def brightness(self, dataset, split) -> np.ndarray:
-        """Brightness of every kernel, ``N x C`` (the cached l2-normalised pooled vectors: the
-        normalisation does not change the ranking)."""
+    def brightness(self, dataset, split) -> dict:
+        """The kernels' brightness and tie-break statistic, ``{pooling: N x C}`` (the cached
+        l2-normalised pooled vectors: the normalisation does not reorder the kernels)."""
         from .features import extract_vectors
 
         return extract_vectors(dataset, self.backbone, self.layer, self.image_size, split,
-                               (self.brightening,))[self.brightening]
+                               (self.brightening, TIE_BREAK[self.brightening]))
 
     def describe(self, dataset, split):
-        """ACK codes of the split, ``N x n`` uint16."""
-        return ack_codes(self.brightness(dataset, split), self.n)
+        """ACK codes of the split, ``N x n`` uint16 (:func:`vector_codes`)."""
+        return vector_codes(self.brightness(dataset, split), self.brightening, self.n)
 
     def score(self, query_desc, db_desc):
         return ack_scores(query_desc, db_desc, self.n_kernels, self.metric)

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.ack import (ACKIndex, ack_codes, ack_scores, check_codes, contribution_table,
-                         dosd_closed_form, dosd_reference, dosd_scores, histogram_similarity,
-                         jaccard_scores, jaccard_similarity, kernel_brightness, kernel_frequencies,
-                         pca_scores, position_matrix_K, pseudo_gaussian_G, random_codes, rank_weights_W,
-                         response_box, search_timings)
-from helpers.pooling import POOLINGS
+from helpers.ack import (TIE_BREAK, ACKIndex, ack_codes, ack_scores, check_codes, code_length_sweep,
+                         contribution_table, dosd_closed_form, dosd_reference, dosd_scores,
+                         histogram_similarity, jaccard_scores, jaccard_similarity, kernel_brightness,
+                         kernel_frequencies, map_codes, pca_scores, position_matrix_K, pseudo_gaussian_G,
+                         random_codes, rank_weights_W, response_box, search_timings, sum_dtypes,
+                         undefined_reason, vector_codes)
+from helpers.pooling import POOLINGS, pool_all
 
 
 def make_codes(rng, count, n, n_kernels):
@@ -149,6 +150,31 @@ def test_search_uint64_sums_for_long_codes():
     assert index.dosd(db[0])[1, 0] == pytest.approx(dosd_closed_form(db[0], db[1]), abs=1e-12)
 
 
+def test_sum_dtypes_hold_the_largest_entry_and_sum():
+    for n in (1, 2, 255, 256, 303, 304, 1625, 1626, 2048, 4096, 65536):
+        table, acc = sum_dtypes(n)
+        assert n ** 3 <= np.iinfo(table).max and n ** 3 * (n + 1) // 2 <= np.iinfo(acc).max
+    assert sum_dtypes(256) == (np.uint32, np.uint32)  # the benchmark's n keeps the narrow types
+    assert sum_dtypes(303) == (np.uint32, np.uint32) and sum_dtypes(1626) == (np.uint64, np.uint64)
+
+
+@pytest.mark.parametrize("n, n_kernels", [(2048, 2048), (1700, 4096)])
+def test_search_exact_for_codes_as_long_as_resnet_layers(n, n_kernels):
+    # contributions reach n^3 >= 2^32 from n = 1626 (ResNet-50/101 have 2048 kernels): the tables
+    # must not wrap, or a code scores 0.4993 against itself at n = 2048
+    rng = np.random.default_rng(11)
+    db = random_codes(5, n, n_kernels, seed=int(rng.integers(1000)))
+    db[1] = db[0]
+    db[1, n // 2:] = rng.permutation(db[0, n // 2:])  # a related code: same front, shuffled back
+    index = ACKIndex(db, n_kernels)
+    assert index.dosd_sums(db[0]).dtype == np.uint64
+    got = index.dosd(db[:2])
+    assert got[0, 0] == 1.0 and got[1, 1] == 1.0
+    expected = np.array([[dosd_closed_form(q, d) for q in db[:2]] for d in db])
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert got[1, 0] == pytest.approx(dosd_reference(db[0], db[1]), abs=1e-12)
+
+
 def test_search_with_kernel_indices_above_int16():
     rng = np.random.default_rng(4)
     n, n_kernels = 10, 40000  # indices >= 2^15: the uint16 codes must not be read as signed
@@ -231,6 +257,47 @@ def test_ack_codes_rank_kernels_brightest_first():
     np.testing.assert_array_equal(ack_codes(b * 7.5, 5), ack_codes(b, 5))
 
 
+def test_ack_codes_break_ties_by_the_second_statistic_then_index():
+    b = np.array([6.0, 6.0, 1.0, 6.0, 6.0])
+    t = np.array([0.5, 2.0, 9.0, 2.0, 3.0])
+    np.testing.assert_array_equal(ack_codes(b, 5, tie_break=t), [4, 1, 3, 0, 2])
+    np.testing.assert_array_equal(ack_codes(b, 5), [0, 1, 3, 4, 2])
+    batch = ack_codes(torch.from_numpy(np.stack([b, b[::-1]])), 2, tie_break=torch.from_numpy(np.stack([t, t[::-1]])))
+    np.testing.assert_array_equal(batch, [[4, 1], [0, 1]])
+    with pytest.raises(ValueError, match="tie_break must have the shape"):
+        ack_codes(b, 2, tie_break=t[:4])
+    with pytest.raises(ValueError, match="tie_break must be finite"):
+        ack_codes(b, 2, tie_break=np.full(5, np.inf))
+
+
+@pytest.mark.parametrize("brightening", list(POOLINGS))
+def test_codes_do_not_depend_on_the_kernel_numbering(brightening):
+    # ReLU6 maps: most kernels reach 6.0, so their MAC ties; the ranking must come from the maps,
+    # not from the kernel index, for dosd between images to survive a renumbering of the kernels
+    g = torch.Generator().manual_seed(12)
+    maps = torch.clamp(8 * torch.rand(6, 200, 7, 7, generator=g) - 1, min=0, max=6)
+    n, n_kernels = 64, maps.shape[1]
+    perm = torch.randperm(n_kernels, generator=g)
+    codes = map_codes(maps, brightening, n)
+    permuted = map_codes(maps[:, perm], brightening, n)
+    np.testing.assert_array_equal(perm.numpy()[permuted], codes)
+    np.testing.assert_array_equal(dosd_scores(permuted, permuted, n_kernels), dosd_scores(codes, codes, n_kernels))
+    if brightening == "mac":
+        mac = kernel_brightness(maps, "mac")
+        assert (mac == 6.0).sum(1).min() > n  # the top-n is all ties
+        by_index = perm.numpy()[ack_codes(mac[:, perm], n)]
+        assert not np.array_equal(by_index, ack_codes(mac, n))  # without the tie-break the codes move
+    # the pooled vectors that ACKMethod reads give the same codes
+    pooled = [pool_all(m) for m in maps]
+    vectors = {p: torch.stack([v[p] for v in pooled]).numpy() for p in (brightening, TIE_BREAK[brightening])}
+    np.testing.assert_array_equal(vector_codes(vectors, brightening, n), codes)
+    np.testing.assert_array_equal(map_codes(maps[3], brightening, n), codes[3])
+    with pytest.raises(ValueError, match="tie-break"):
+        vector_codes({brightening: vectors[brightening]}, brightening, n)
+    with pytest.raises(ValueError, match="brightening"):
+        map_codes(maps, "median", n)
+
+
 def test_ack_codes_reject_bad_input():
     with pytest.raises(ValueError, match="n must be"):
         ack_codes(np.ones(4), 5)
@@ -301,6 +368,39 @@ def test_random_codes_are_valid_codes():
     assert len({tuple(c) for c in codes}) == 50
 
 
+def test_jaccard_is_undefined_when_codes_hold_every_kernel():
+    assert undefined_reason("jaccard", 1280, 1280) == "undefined: every code holds every kernel"
+    assert undefined_reason("jaccard", 1024, 1280) is None
+    assert undefined_reason("dosd", 1280, 1280) is None
+    with pytest.raises(ValueError, match="metric"):
+        undefined_reason("cosine", 4, 8)
+    # full codes: every pair has Jaccard 1, while dosd still sees the order
+    codes = random_codes(4, 8, 8, seed=2)
+    assert np.all(jaccard_scores(codes, codes, 8) == 1.0)
+    assert len(np.unique(dosd_scores(codes, codes, 8))) > 1
+
+
+def test_code_length_sweep_gives_nan_where_jaccard_is_undefined():
+    rng = np.random.default_rng(13)
+    n_kernels = 16
+    q = {"gem": rng.random((3, n_kernels)), "spoc": rng.random((3, n_kernels))}
+    db = {"gem": rng.random((10, n_kernels)), "spoc": rng.random((10, n_kernels))}
+    seen = []
+    sweep = code_length_sweep(q, db, "gem", [4, 8, 16], n_kernels, lambda s: seen.append(s) or float(s.sum()))
+    assert sweep["n"] == [4, 8, 16]
+    assert np.isnan(sweep["jaccard"][2]) and not np.isnan(sweep["jaccard"][1])
+    assert sweep["undefined"] == {"dosd": {}, "jaccard": {16: "undefined: every code holds every kernel"}}
+    assert len(seen) == 5  # the undefined point is not measured
+    qc, dc = vector_codes(q, "gem", 8), vector_codes(db, "gem", 8)
+    assert sweep["dosd"][1] == pytest.approx(dosd_scores(qc, dc, n_kernels).sum())
+    assert sweep["jaccard"][1] == pytest.approx(jaccard_scores(qc, dc, n_kernels).sum())
+    assert sweep["dosd"][2] == pytest.approx(dosd_scores(vector_codes(q, "gem", 16), vector_codes(db, "gem", 16)).sum())
+    with pytest.raises(ValueError, match="n_values"):
+        code_length_sweep(q, db, "gem", [17], n_kernels, float)
+    with pytest.raises(ValueError, match="metric"):
+        code_length_sweep(q, db, "gem", [4], n_kernels, float, metrics=("l2",))
+
+
 def test_ack_scores_and_search_timings():
     rng = np.random.default_rng(8)
     db = make_codes(rng, 30, 12, 50)
@@ -329,6 +429,9 @@ def test_method_options_are_validated(backbone):
         make_method("ack", backbone, 224, metric="cosine")
     with pytest.raises(ValueError, match="conv layer"):
         make_method("ack", backbone, 224, layer="fc")
+    with pytest.raises(ValueError, match="every code holds every kernel"):
+        make_method("ack", backbone, 224, n=backbone.channels(backbone.last_conv), metric="jaccard")
+    assert "best of the five" not in type(method).__doc__  # a claim that one run's numbers decide
 
 
 def test_method_end_to_end_on_real_photos(photo_folder, isolated_cache, backbone):
@@ -340,6 +443,9 @@ def test_method_end_to_end_on_real_photos(photo_folder, isolated_cache, backbone
     method = make_method("ack", backbone, 96, n=64)
     codes = method.describe(dataset, "db")
     assert codes.shape == (dataset.n_db, 64) and codes.dtype == np.uint16
+    from helpers.features import extract_vectors
+    vectors = extract_vectors(dataset, backbone, method.layer, 96, "db", ("gem", "spoc"))
+    np.testing.assert_array_equal(codes, vector_codes(vectors, "gem", 64))  # ties broken by SPoC
     scores = method.search(dataset)
     assert scores.shape == (dataset.n_db, dataset.n_queries)
     assert np.all((scores >= 0) & (scores <= 1))

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .methods import RetrievalMethod, register_method
-from .pooling import POOLINGS, pool_all
+from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
     "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "TIE_BREAK", "ack_codes", "ack_scores",
@@ -528,8 +528,7 @@ def pca_scores(train_vectors, query_vectors, db_vectors, dim: int) -> np.ndarray
     pca = PCA(n_components=dim, svd_solver="full").fit(train)
 
     def project(X):
-        Y = pca.transform(np.asarray(X, dtype=np.float64))
-        return Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
+        return l2n_np(pca.transform(np.asarray(X, dtype=np.float64)))
 
     return project(db_vectors) @ project(query_vectors).T
 

@@ -14,11 +14,15 @@ The pieces, in the order of the paper:
   a PCA-whitening layer implemented as a linear layer initialised from PCA, l2-normalisation;
 * training with the triplet loss of eq. 23 and hard negatives mined with the current model,
   refreshed every epoch (Sec. 4.1);
-* the class-separability analysis of Sec. 3.2 / Fig. 3 (KL divergence between the histograms of
-  matching and non-matching descriptor distances).
+* the aggregation methods the paper compares (Sec. 3.2, Fig. 5), named as there, in
+  :data:`AGGREGATIONS`: direct aggregation (DA, plain average pooling: no activation, no power
+  normalisation), SinHA, ExpA and WBA;
+* the class-separability analysis of Sec. 3.2 / Fig. 3 (KL divergence KL(P(s|m) || P(s|n)) between
+  the histograms of matching and non-matching descriptor distances).
 
 Corrections to the converted paper text (checked by derivation and by autograd in
-``tests/test_actnet.py``):
+``tests/test_actnet.py``, where every formula is also checked against values computed
+independently with sympy at fixed points):
 
 * eq. 9 is labelled d theta / d x^2 in the text; it is the derivative with respect to beta:
   d/d beta [alpha (exp(beta x) - 1)] = alpha x exp(beta x).
@@ -38,21 +42,25 @@ layer and backbone; dividing by a constant is a re-parametrisation (e.g. beta ->
 All parameters are kept in their valid range by a softplus parametrisation:
 alpha, beta (SinH, Exp), alpha, gamma, zeta (Weibull), p and lambda (power normalisation) are
 softplus(raw) > 0; the Weibull shape is beta = 1 + softplus(raw) > 1, so that (x/alpha)^(beta-1)
-is bounded and continuous at x = 0 and the peak x0 of eq. 11 exists. At x = 0 the Weibull's
-log(x/alpha) (in d/d beta) and (x/alpha)^(beta-2) (in d/d x for beta < 2) are infinite, so the
-Weibull evaluates its input clamped to ``eps`` (default 1e-6, relative to the normalised input):
-theta(0) is then (eps/alpha)^(beta-1) ~ 0 and all gradients are finite.
+is bounded and continuous at x = 0 and the peak x0 of eq. 11 exists. The Weibull is 0 at x <= 0
+(the limit of eq. 10 at 0 for beta > 1), exactly: most cells of a rectified map are 0, so any
+constant there would be added to every channel's average. Its log(x/alpha) (in d/d beta) and
+(x/alpha)^(beta-2) (in d/d x for beta < 2) are infinite at 0, so it is evaluated on a safe input
+(1 where x <= 0) and the result replaced by 0 there (:func:`weibull_activation`): no NaN or inf
+reaches the backward pass, and the gradients at x <= 0 are 0. The power normalisation
+(:class:`PowerNormalisation`) treats z <= 0 the same way (psi(0) = 0).
 
 Training (Sec. 3.4, 4.1), as done here. The backbone is frozen: the head (activation, power
 normalisation and whitening parameters) is trained on the cached maps of the training dataset's
 database images (:func:`fit_actnet_head`; the demo's "demo-train", whose instances are disjoint
 from "demo"'s, :func:`check_disjoint_instances`), with the triplet loss (eq. 23, margin 0.1), hard
-negatives re-mined with the current model every epoch, SGD lr 1e-3, weight decay 5e-4, momentum
-0.9 (the paper's settings; options of :class:`TrainingConfig`). The trained head is cached with its
-training history under the feature cache (:func:`head_cache_path`), so ``python -m helpers
-evaluate --method actnet`` and the notebook train it once. The paper's end-to-end fine-tuning of the
-backbone is not implemented (it needs a GPU and the images; see the notebook). The head runs on
-the backbone's device (CUDA when present). Because the activations are element-wise on max(x, 0),
+negatives re-mined with the current model every epoch (matches are easy or hard views of the
+query's instance; its junk views are neither matches nor non-matches, :func:`training_junk`), SGD
+lr 1e-3, weight decay 5e-4, momentum 0.9 (the paper's settings; options of :class:`TrainingConfig`).
+The trained head is cached with its training history under the feature cache
+(:func:`head_cache_path`), so ``python -m helpers evaluate --method actnet`` and the notebook train
+it once. The paper's end-to-end fine-tuning of the backbone is not implemented (it needs a GPU and
+the images; see the notebook). The head runs on the backbone's device (CUDA when present). Because the activations are element-wise on max(x, 0),
 the streams only evaluate the positive cells of a map (:class:`SparseMap`) and count the others,
 which is exact and several times faster on ReLU maps.
 
@@ -63,13 +71,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import read_entry
 from .methods import RetrievalMethod, register_method
 
 ACTIVATIONS = ("identity", "sinh", "exp", "weibull")
@@ -82,6 +91,27 @@ DEFAULT_ACTIVATION_INIT = {
 }
 #: Largest argument passed to exp / sinh (e^60 ~ 1e26 is still finite in float32).
 MAX_EXP_ARGUMENT = 60.0
+#: The aggregation methods the paper compares (Sec. 3.2, Fig. 3, Fig. 5), by their names there, as the
+#: options of a head (:class:`ACTNetHead`, :func:`fit_actnet_head`, :class:`ACTNetMethod`). This is
+#: the one definition of what each name means. "DA", direct aggregation, is "the features [...]
+#: aggregated using average pooling": no activation and no power normalisation (eq. 20), so that
+#: without the whitening layer its descriptor is the l2-normalised average pooling of the maps.
+#: The others are one activation stream each (eq. 21), with the power normalisation.
+AGGREGATIONS = {
+    "DA": {"activation": "identity", "power_norm": False},
+    "SinHA": {"activation": "sinh", "power_norm": True},
+    "ExpA": {"activation": "exp", "power_norm": True},
+    "WBA": {"activation": "weibull", "power_norm": True},
+}
+
+
+def default_power_norm(activation: str) -> bool:
+    """Whether the paper's method with ``activation`` has the power normalisation (:data:`AGGREGATIONS`):
+    False for "identity" (DA), True for the three activations."""
+    for options in AGGREGATIONS.values():
+        if options["activation"] == activation:
+            return bool(options["power_norm"])
+    raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
 
 
 # ------------------------------------------------------------------------ parametrisation
@@ -113,15 +143,19 @@ def exp_activation(x: torch.Tensor, alpha, beta) -> torch.Tensor:
     return alpha * torch.expm1(torch.clamp(beta * x, max=MAX_EXP_ARGUMENT))
 
 
-def weibull_activation(x: torch.Tensor, alpha, beta, gamma, zeta, eps: float = 1e-6) -> torch.Tensor:
+def weibull_activation(x: torch.Tensor, alpha, beta, gamma, zeta) -> torch.Tensor:
     """Modified Weibull activation, eq. 10: theta(x) = (x/alpha)^(beta-1) * exp(-(x/gamma)^zeta).
 
-    Defined for x >= 0; ``x`` is clamped to ``eps`` so that the value and every gradient stay finite
-    at x = 0 (see the module docstring). With beta > 1 the function rises polynomially, peaks at
-    x0 (eq. 11, :func:`weibull_peak`) and then decays exponentially.
+    theta(x) = 0 exactly for x <= 0 (the limit at 0 for beta > 1). The formula is evaluated on a
+    safe input (1 where x <= 0, where log(x) and x^(beta-2) would be infinite) and its value
+    replaced there by 0, so the gradients with respect to x and every parameter are finite
+    everywhere (0 at x <= 0). With beta > 1 the function rises polynomially, peaks at x0 (eq. 11,
+    :func:`weibull_peak`) and then decays exponentially.
     """
-    x = torch.clamp(x, min=eps)
-    return torch.exp((beta - 1) * torch.log(x / alpha) - (x / gamma) ** zeta)
+    positive = x > 0
+    safe = torch.where(positive, x, torch.ones_like(x))
+    value = torch.exp((beta - 1) * torch.log(safe / alpha) - (safe / gamma) ** zeta)
+    return torch.where(positive, value, torch.zeros_like(value))
 
 
 def weibull_peak(beta, gamma, zeta):
@@ -209,8 +243,7 @@ def autograd_partials(theta, x: torch.Tensor, params: Mapping[str, float]) -> Di
 CLOSED_FORMS = {
     "sinh": (sinh_activation, sinh_partials),
     "exp": (exp_activation, exp_partials),
-    "weibull": (lambda x, alpha, beta, gamma, zeta: weibull_activation(x, alpha, beta, gamma, zeta, eps=1e-300),
-                weibull_partials),
+    "weibull": (weibull_activation, weibull_partials),
 }
 
 
@@ -237,7 +270,8 @@ class ParametricActivation(nn.Module):
 
 
 class IdentityActivation(ParametricActivation):
-    """theta(x) = x: "direct aggregation" (DA) when followed by average pooling."""
+    """theta(x) = x: "direct aggregation" (DA, :data:`AGGREGATIONS`) when followed by average pooling
+    without power normalisation."""
 
     kind = "identity"
 
@@ -285,22 +319,18 @@ class WeibullActivation(ParametricActivation):
     """Learnable modified Weibull activation (eq. 10).
 
     alpha, gamma, zeta = softplus(raw) > 0 and beta = 1 + softplus(raw) > 1 (peak of eq. 11 exists,
-    function bounded at 0); input clamped to ``eps`` (see :func:`weibull_activation`).
+    function bounded at 0); theta(x <= 0) = 0 (see :func:`weibull_activation`).
     """
 
     kind = "weibull"
     parameter_names = ("beta", "alpha", "gamma", "zeta")
 
-    def __init__(self, alpha: float = 1.0, beta: float = 3.0, gamma: float = 1.0, zeta: float = 2.0,
-                 eps: float = 1e-6):
+    def __init__(self, alpha: float = 1.0, beta: float = 3.0, gamma: float = 1.0, zeta: float = 2.0):
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
         self.raw_alpha = _raw_parameter(alpha, name="alpha")
         self.raw_beta = _raw_parameter(beta, offset=1.0, name="beta")
         self.raw_gamma = _raw_parameter(gamma, name="gamma")
         self.raw_zeta = _raw_parameter(zeta, name="zeta")
-        self.eps = float(eps)
 
     def values(self):
         return {
@@ -317,7 +347,7 @@ class WeibullActivation(ParametricActivation):
 
     def forward(self, x):
         v = self.values()
-        return weibull_activation(x, v["alpha"], v["beta"], v["gamma"], v["zeta"], eps=self.eps)
+        return weibull_activation(x, v["alpha"], v["beta"], v["gamma"], v["zeta"])
 
 
 _ACTIVATION_CLASSES = {c.kind: c for c in (IdentityActivation, SinHActivation, ExpActivation, WeibullActivation)}
@@ -328,7 +358,7 @@ def make_activation(kind: str, **init) -> ParametricActivation:
     if kind not in _ACTIVATION_CLASSES:
         raise ValueError(f"unknown activation {kind!r}; choose one of {ACTIVATIONS}")
     params = dict(DEFAULT_ACTIVATION_INIT[kind])
-    unknown = set(init) - set(params) - ({"eps"} if kind == "weibull" else set())
+    unknown = set(init) - set(params)
     if unknown:
         raise ValueError(f"activation {kind!r} has no parameter(s) {sorted(unknown)}; it has {sorted(params)}")
     params.update(init)
@@ -341,14 +371,15 @@ def make_activation(kind: str, **init) -> ParametricActivation:
 class PowerNormalisation(nn.Module):
     """Learnable power normalisation psi(z) = lambda * z^p, element-wise (eq. 20); p, lambda = softplus(raw) > 0.
 
-    ``z`` is clamped to ``eps`` first (z^p has an infinite slope at 0 for p < 1).
+    psi(z) = 0 exactly for z <= 0 (the limit of z^p at 0; a channel with no positive cell pools to 0).
+    z^p is evaluated on a safe input (1 where z <= 0: its slope is infinite at 0 for p < 1, and
+    log z, in d/dp, is -inf) and replaced there by 0, so every gradient is finite (0 at z <= 0).
     ``learnable=False`` makes psi the identity (p = lambda = 1 fixed), for plain direct aggregation.
     """
 
-    def __init__(self, p: float = 0.5, lam: float = 1.0, learnable: bool = True, eps: float = 1e-8):
+    def __init__(self, p: float = 0.5, lam: float = 1.0, learnable: bool = True):
         super().__init__()
         self.learnable = bool(learnable)
-        self.eps = float(eps)
         if self.learnable:
             self.raw_p = _raw_parameter(p, name="p")
             self.raw_lam = _raw_parameter(lam, name="lambda")
@@ -362,7 +393,9 @@ class PowerNormalisation(nn.Module):
         if not self.learnable:
             return z
         v = self.values()
-        return v["lam"] * torch.clamp(z, min=self.eps) ** v["p"]
+        positive = z > 0
+        safe = torch.where(positive, z, torch.ones_like(z))
+        return torch.where(positive, v["lam"] * safe ** v["p"], torch.zeros_like(z))
 
 
 @dataclass
@@ -370,7 +403,7 @@ class SparseMap:
     """The positive cells of one rectified C x H x W map: ``values`` (1-D) and their ``channel`` indices.
 
     Every activation here is element-wise and applied to max(x, 0), so the (many) non-positive cells
-    all map to the same value theta(0) (0 for SinH/Exp/identity, ~0 for the Weibull): storing only
+    all map to the same value theta(0) (0 for every activation here): storing only
     the positive cells and their count per channel gives the exact average pooling at a fraction of
     the cost (a last conv map behind ReLU6 is ~90% zeros).
     """
@@ -526,15 +559,17 @@ class ACTNetHead(nn.Module):
         channels: channel count of each layer.
         activation: "identity" (direct aggregation), "sinh", "exp" or "weibull".
         activation_init: initial activation parameter values (defaults: ``DEFAULT_ACTIVATION_INIT``).
-        power_norm: learnable power normalisation (eq. 20); False = identity.
+        power_norm: learnable power normalisation (eq. 20); False = identity; None (default): as in
+            the paper's method for ``activation`` (:func:`default_power_norm`: none for DA).
         p_init: initial exponent p of eq. 20.
         whiten: with the PCA-whitening linear layer (the paper); False: b is only l2-normalised.
     """
 
     def __init__(self, layers: Sequence[str], channels: Sequence[int], activation: str = "weibull",
-                 activation_init: Optional[Mapping[str, float]] = None, power_norm: bool = True,
+                 activation_init: Optional[Mapping[str, float]] = None, power_norm: Optional[bool] = None,
                  p_init: float = 0.5, whiten: bool = True):
         super().__init__()
+        power_norm = default_power_norm(activation) if power_norm is None else bool(power_norm)
         layers, channels = list(layers), [int(c) for c in channels]
         if len(layers) == 0 or len(layers) != len(channels):
             raise ValueError(f"need one channel count per layer, got layers={layers}, channels={channels}")
@@ -587,8 +622,14 @@ class ACTNetHead(nn.Module):
 
     @torch.no_grad()
     def init_input_scales(self, maps_by_layer: Mapping[str, Sequence[torch.Tensor]]) -> None:
-        """Set each stream's ``input_scale`` from training maps (:func:`estimate_input_scale`)."""
+        """Set each stream's ``input_scale`` from training maps (:func:`estimate_input_scale`).
+
+        Identity streams keep the scale 1: they have no parameter for the scale to serve, and
+        dividing each layer by its own scale would re-weight the layers of a DA descriptor.
+        """
         for layer, stream in zip(self.layers, self.streams):
+            if isinstance(stream.activation, IdentityActivation):
+                continue
             stream.input_scale.fill_(estimate_input_scale(maps_by_layer[layer]))
 
     @torch.no_grad()
@@ -641,13 +682,34 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return 0.5 * torch.clamp(margin + d_pos - d_neg, min=0).mean()
 
 
+def junk_mask(labels: Sequence, junk: Optional[Sequence] = None) -> np.ndarray:
+    """N x N booleans: ``[i, j]`` is True when image i is junk for the class of image j (``labels[j]``).
+
+    ``junk[i]``: the class labels for which image i is neither a match nor a non-match
+    (:func:`training_junk`); None: no junk.
+    """
+    labels = np.asarray(labels)
+    mask = np.zeros((len(labels), len(labels)), dtype=bool)
+    if junk is None:
+        return mask
+    if len(junk) != len(labels):
+        raise ValueError(f"need one junk entry per image: {len(junk)} junk entries for {len(labels)} labels")
+    for i, classes in enumerate(junk):
+        for c in classes:
+            mask[i] |= labels == c
+    return mask
+
+
 def mine_hard_triplets(descriptors, labels: Sequence, margin: float = 0.1, rng: Optional[np.random.Generator] = None,
-                       keep_all: bool = False) -> np.ndarray:
+                       keep_all: bool = False, junk: Optional[Sequence] = None) -> np.ndarray:
     """Triplets (query, match, hardest non-match) from descriptors computed with the current model (Sec. 4.1).
 
     Every image with at least one other image of its instance is a query; its match is drawn at
     random among those; its negative is the nearest image (Euclidean) of another instance. Only
     triplets that incur a loss, ||q - n||^2 - ||q - m||^2 < margin, are kept (unless ``keep_all``).
+    ``junk[i]`` (optional, :func:`training_junk`): the classes for which image i is junk, i.e. neither
+    a match nor a non-match: it is then never the query, the match or the negative of a triplet of
+    such a class (it stays a negative of every other class).
     Returns an int array T x 3 of image indices.
     """
     desc = torch.as_tensor(np.asarray(descriptors), dtype=torch.float64)
@@ -657,11 +719,14 @@ def mine_hard_triplets(descriptors, labels: Sequence, margin: float = 0.1, rng: 
     rng = rng if rng is not None else np.random.default_rng(0)
     sq = torch.cdist(desc, desc).pow(2).numpy()
     same = labels[:, None] == labels[None, :]
+    neutral = junk_mask(labels, junk)  # neutral[:, q]: the junk images of q's class
     triplets = []
     for q in range(len(labels)):
-        matches = np.flatnonzero(same[q])
+        if neutral[q, q]:  # a junk view of its own instance
+            continue
+        matches = np.flatnonzero(same[q] & ~neutral[:, q])
         matches = matches[matches != q]
-        others = np.flatnonzero(~same[q])
+        others = np.flatnonzero(~same[q] & ~neutral[:, q])
         if len(matches) == 0 or len(others) == 0:
             continue
         m = int(rng.choice(matches))
@@ -725,19 +790,22 @@ def describe_maps(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.T
 
 
 def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tensor]], labels: Sequence,
-               config: Optional[TrainingConfig] = None, progress: bool = False) -> Dict[str, list]:
+               config: Optional[TrainingConfig] = None, progress: bool = False,
+               junk: Optional[Sequence] = None) -> Dict[str, list]:
     """Train the head's activation, power-normalisation and whitening parameters with the triplet loss (eq. 23).
 
     The backbone is frozen: ``maps_by_layer`` holds the cached maps of the training images (lists of
     C x H x W per layer, same image order as ``labels``). Each epoch re-mines hard triplets with the
-    current model (:func:`mine_hard_triplets`), then runs SGD over them in mini-batches of
-    ``triplets_per_batch``. Runs on the head's device (move the head first, e.g. to
-    :func:`helpers.backbones.try_gpu`); the maps stay on the CPU and go over in mini-batches.
+    current model (:func:`mine_hard_triplets`, with ``junk``: per image, the classes it is junk for,
+    :func:`training_junk`), then runs SGD over them in mini-batches of ``triplets_per_batch``. Runs
+    on the head's device (move the head first, e.g. to :func:`helpers.backbones.try_gpu`); the maps
+    stay on the CPU and go over in mini-batches.
 
     Returns the history: per epoch (index 0 = before training) the objective (mean triplet loss over
     one mined triplet per query image, active or not), the mean mini-batch loss, the activation /
     power parameters; and the number of active (loss-incurring) triplets mined for each epoch (plus
-    one entry after the last).
+    one entry after the last). A head without trainable parameters (DA without the whitening layer)
+    has nothing to train: its history holds epoch 0 only.
     """
     config = config if config is not None else TrainingConfig()
     device = head_device(head)
@@ -747,15 +815,16 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
         raise ValueError(f"maps and labels disagree: {[len(f) for f in sparse.values()]} maps, {len(labels)} labels")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    optimiser = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    optimiser = (torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay) if trainable else None)
     history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": []}
 
     def record(epoch, batch_losses):
         head.eval()
         desc = describe_maps(head, sparse)
         all_triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, np.random.default_rng(config.seed),
-                                          keep_all=True)
+                                          keep_all=True, junk=junk)
         if len(all_triplets) == 0:
             raise ValueError("no training triplet: every instance needs at least two images and there must be "
                              "at least two instances")
@@ -768,8 +837,9 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
         return desc
 
     desc = record(0, [])
-    for epoch in range(1, config.epochs + 1):
-        triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, rng)
+    epochs = config.epochs if optimiser is not None else 0
+    for epoch in range(1, epochs + 1):
+        triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, rng, junk=junk)
         history["active_triplets"].append(int(len(triplets)))
         rng.shuffle(triplets)
         head.train()
@@ -786,10 +856,10 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
             batch_losses.append(float(loss.detach()))
         desc = record(epoch, batch_losses)
         if progress:
-            print(f"epoch {epoch}/{config.epochs}: {len(triplets)} active triplets, "
+            print(f"epoch {epoch}/{epochs}: {len(triplets)} active triplets, "
                   f"objective {history['objective'][-1]:.4f}")
     history["active_triplets"].append(int(len(mine_hard_triplets(desc.numpy(), labels, config.margin,
-                                                                   np.random.default_rng(config.seed)))))
+                                                                   np.random.default_rng(config.seed), junk=junk))))
     head.eval()
     return history
 
@@ -820,12 +890,15 @@ def pair_distances(query_desc: np.ndarray, db_desc: np.ndarray, gnd: Sequence[Ma
 
 def histogram_kl_divergence(matching: np.ndarray, nonmatching: np.ndarray, bins: int = 40,
                             value_range=(0.0, 2.0), smoothing: float = 1e-3) -> float:
-    """KL(P(s|m) || P(s|n)) between the distance histograms of matching and non-matching pairs (Sec. 3.2, Fig. 3).
+    """KL(P(s|m) || P(s|n)) = sum_s P(s|m) log(P(s|m) / P(s|n)) of the distance histograms (Sec. 3.2, Fig. 3).
 
-    The paper does not give the direction nor the binning; we use KL from the matching to the
-    non-matching distribution, ``bins`` equal bins over ``value_range`` (l2-normalised descriptors
-    have distances in [0, 2]), and add ``smoothing`` to each bin's probability before renormalising
-    so empty bins do not give an infinite divergence. Larger = better separated.
+    P(s|m), P(s|n): the histograms of the ``matching`` and ``nonmatching`` distances. The paper
+    computes "the separability between P(s/m) and P(s/n) [...] using KL-Divergence" without
+    printing the formula; we read it in the order it names them, KL of the matching distribution
+    from the non-matching one. Nor does it give the binning: ``bins`` equal bins over ``value_range``
+    (l2-normalised descriptors have distances in [0, 2]), with ``smoothing`` added to each bin's
+    probability before renormalising so that empty bins do not give an infinite divergence.
+    Larger = better separated.
     """
     from scipy.stats import entropy
 
@@ -887,7 +960,7 @@ def pooling_distances(query_map: torch.Tensor, match_map: torch.Tensor,
 
 #: Label the demo / folder sets give to images of no instance; each becomes its own singleton class.
 DISTRACTOR_LABEL = "distractor"
-HEAD_FORMAT_VERSION = 2
+HEAD_FORMAT_VERSION = 3
 #: Shrinkage of the PCA-whitening initialisation (see :func:`fit_actnet_head`).
 DEFAULT_WHITEN_SHRINKAGE = 1.0
 
@@ -917,6 +990,35 @@ def training_labels(dataset) -> List[str]:
     return [f"group{c}" for c in component]
 
 
+def training_junk(dataset, labels: Optional[Sequence[str]] = None) -> List[frozenset]:
+    """Per database image of a training dataset, the classes (of :func:`training_labels`) it is junk for.
+
+    A junk view of a query's instance (the ground truth's "junk" list: in the demo sets, a view
+    with under 10% of the object visible) is neither a match nor a non-match of that instance in
+    triplet mining (:func:`mine_hard_triplets`). The class of query q is its instance
+    (``query_labels[q]``) when the dataset has instance labels, else the class of its positives. A
+    junk entry that is the query image itself (the holidays / ukbench / folder protocols list the
+    query among the database images as junk, so that it is not counted) is not a junk view.
+    """
+    labels = training_labels(dataset) if labels is None else list(labels)
+    if len(labels) != dataset.n_db:
+        raise ValueError(f"need one label per database image: {len(labels)} labels, {dataset.n_db} images")
+    query_labels = getattr(dataset, "query_labels", None) if dataset.instance_labels is not None else None
+    junk = [set() for _ in labels]
+    for q, g in enumerate(dataset.gnd):
+        positives = [int(j) for j in list(g.get("easy", [])) + list(g.get("hard", []))]
+        if query_labels is not None:
+            cls = str(query_labels[q])
+        elif positives:
+            cls = labels[positives[0]]
+        else:
+            continue  # a query without positives has no class to keep its junk out of
+        for j in g.get("junk", []):
+            if dataset.imlist[int(j)] != dataset.qimlist[q]:
+                junk[int(j)].add(cls)
+    return [frozenset(c) for c in junk]
+
+
 def check_disjoint_instances(train_dataset, eval_dataset) -> None:
     """Raise ValueError if a training instance (other than distractors) is among the evaluated set's instances/queries.
 
@@ -936,11 +1038,19 @@ def check_disjoint_instances(train_dataset, eval_dataset) -> None:
 
 
 def default_layers(backbone, count: int = 2) -> List[str]:
-    """The last ``count`` conv taps of the backbone (the paper: the last two conv blocks)."""
+    """The last ``count`` conv taps of the backbone (the paper: the last two conv blocks).
+
+    The conv taps are ``backbone.layers`` up to ``backbone.last_conv``: VGG16 and AlexNet list their
+    fully connected taps ("fc6", "fc7") after it.
+    """
     layers = list(backbone.layers)
-    if not 1 <= count <= len(layers):
-        raise ValueError(f"need 1 <= count <= {len(layers)} conv taps, got {count}")
-    return layers[-count:]
+    if backbone.last_conv not in layers:
+        raise ValueError(f"backbone {backbone.name!r}: last_conv {backbone.last_conv!r} is not among its "
+                         f"layers {layers}")
+    conv = layers[:layers.index(backbone.last_conv) + 1]
+    if not 1 <= count <= len(conv):
+        raise ValueError(f"need 1 <= count <= {len(conv)} conv taps of {backbone.name!r}, got {count}")
+    return conv[-count:]
 
 
 def head_config(train_dataset, backbone, layers, image_size, activation, activation_init, power_norm, p_init,
@@ -961,10 +1071,9 @@ def head_cache_path(config: Mapping):
     import hashlib
     import json
 
-    from .features import cache_root
+    from .cache import cache_root, safe_name as safe
 
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(s))  # noqa: E731
     return (cache_root() / "actnet" / safe(config["train_dataset"]) / f"{safe(config['backbone'])}-"
             f"{safe(config['weights_id'])}" / f"{safe(config['activation'])}-{'+'.join(map(safe, config['layers']))}-"
             f"{config['image_size']}-{'pcaw' if config['whiten'] else 'l2'}-{digest}.pt")
@@ -977,8 +1086,8 @@ def _build_head(config: Mapping, channels: Sequence[int]) -> ACTNetHead:
 
 
 def save_head(path, head: ACTNetHead, config: Mapping, history: Mapping) -> None:
-    """Write {config, channels, state_dict, history} to ``path`` atomically (:func:`helpers.features.atomic_write`)."""
-    from .features import atomic_write
+    """Write {config, channels, state_dict, history} to ``path`` atomically (:func:`helpers.cache.atomic_write`)."""
+    from .cache import atomic_write
 
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     blob = {"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
@@ -998,7 +1107,7 @@ def load_head(path):
 
 
 def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation: str = "weibull",
-                    activation_init: Optional[Mapping[str, float]] = None, power_norm: bool = True,
+                    activation_init: Optional[Mapping[str, float]] = None, power_norm: Optional[bool] = None,
                     p_init: float = 0.5, whiten: bool = True, whiten_dim: Optional[int] = None,
                     whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE, training: Optional[TrainingConfig] = None,
                     use_cache: bool = True, progress: bool = False, device=None):
@@ -1007,7 +1116,9 @@ def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation
     The backbone is frozen (its maps come from :func:`helpers.features.extract_maps`); the input
     scales, the stream weights lambda (:meth:`ACTNetHead.init_stream_balance`) and the PCA-whitening
     layer are initialised on the training maps, then :func:`train_head` runs.
-    Returns (head on ``device`` (default: the CPU), history, cache path).
+    Returns (head on ``device`` (default: the CPU), history, cache path). ``power_norm`` None: as in
+    the paper's method for ``activation`` (:func:`default_power_norm`; DA has none). Triplets never
+    use junk views as matches or non-matches of their instance (:func:`training_junk`).
 
     Why ``whiten_shrinkage`` defaults to 1 (eigenvalues regularised by their mean): whitening N
     training vectors in their N - 1 principal directions maps them onto a regular simplex, so every
@@ -1021,22 +1132,25 @@ def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation
     from .features import extract_maps
 
     training = training if training is not None else TrainingConfig()
+    power_norm = default_power_norm(activation) if power_norm is None else bool(power_norm)
     layers = [backbone.resolve(l) for l in layers]
     config = head_config(train_dataset, backbone, layers, image_size, activation, activation_init, power_norm,
                          p_init, whiten, whiten_dim, whiten_shrinkage, training)
     path = head_cache_path(config)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if use_cache and path.is_file():
-        head, _, history = load_head(path)
+    cached = read_entry(path, load_head, "trained ACTNET head") if use_cache else None
+    if cached is not None:
+        head, _, history = cached
         return head.to(device), history, path
     maps = extract_maps(train_dataset, backbone, layers, image_size, "db")
     labels = training_labels(train_dataset)
+    junk = training_junk(train_dataset, labels)
     head = _build_head(config, [int(maps[l][0].shape[0]) for l in layers])
     head.init_input_scales(maps)
     head.init_stream_balance(maps)
     if whiten:
         head.init_whitening(maps, dim=whiten_dim, shrinkage=whiten_shrinkage)
-    history = train_head(head.to(device), maps, labels, training, progress=progress)
+    history = train_head(head.to(device), maps, labels, training, progress=progress, junk=junk)
     if use_cache:
         save_head(path, head, config, history)
     return head, history, path
@@ -1055,28 +1169,44 @@ class ACTNetMethod(RetrievalMethod):
     """ACTNET head (activation streams + power normalisation + PCA-whitening layer, l2n) on frozen backbone maps.
 
     Options (``--option KEY=VALUE`` on the command line):
-        activation: "weibull" (default), "sinh", "exp" or "identity" (direct aggregation).
+        activation: "weibull" (default), "sinh", "exp" or "identity" (direct aggregation, DA:
+            plain average pooling, :data:`AGGREGATIONS`).
         layers: taps, e.g. "block6,conv_head" (default: the last two conv taps).
         epochs, lr, weight_decay, momentum, margin, triplets_per_batch, seed: :class:`TrainingConfig`
             (defaults: the paper's SGD lr 1e-3, wd 5e-4, momentum 0.9, margin 0.1).
         whiten (bool, default True as in the paper), whiten_dim, whiten_shrinkage: the PCA-whitening layer.
-        power_norm (bool), p_init: eq. 20. use_cache (bool): reuse / store the trained head.
+        power_norm (bool; default: none for DA, learnable for the activations, :func:`default_power_norm`),
+            p_init: eq. 20. use_cache (bool): reuse / store the trained head.
     Similarity: dot product of the l2-normalised descriptors (ranking = Euclidean distance ranking).
+    Further keyword options are the activation's initial values (``alpha``, ``beta``, ...,
+    :data:`DEFAULT_ACTIVATION_INIT`), checked here against the chosen activation.
     """
 
     needs_training = True
+    #: the activation's initial values come as further keyword options (see the class docstring)
+    extra_options = True
 
-    def __init__(self, backbone, image_size, activation: str = "weibull", layers=None,
+    def __init__(self, backbone, image_size, activation: Literal["identity", "sinh", "exp", "weibull"] = "weibull",
+                 layers=None,
                  epochs: int = TrainingConfig.epochs, lr: float = TrainingConfig.lr,
                  weight_decay: float = TrainingConfig.weight_decay, momentum: float = TrainingConfig.momentum,
                  margin: float = TrainingConfig.margin, triplets_per_batch: int = TrainingConfig.triplets_per_batch,
                  seed: int = 0, whiten: bool = True, whiten_dim: Optional[int] = None,
                  whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
-                 power_norm: bool = True, p_init: float = 0.5, use_cache: bool = True, progress: bool = False,
-                 **activation_init):
+                 power_norm: Optional[bool] = None, p_init: float = 0.5, use_cache: bool = True,
+                 progress: bool = False, **activation_init):
+        from .options import OptionError, choice
+
         super().__init__(backbone, image_size)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        choice("activation", activation, ACTIVATIONS)
+        unknown = set(activation_init) - set(DEFAULT_ACTIVATION_INIT[activation])
+        if unknown:
+            raise OptionError(f"unknown options {sorted(unknown)} for method 'actnet' with activation "
+                              f"{activation!r}: its initial values are {sorted(DEFAULT_ACTIVATION_INIT[activation])}")
+        try:
+            activation_init = {k: float(v) for k, v in activation_init.items()}
+        except (TypeError, ValueError):
+            raise OptionError(f"initial activation values must be numbers, got {activation_init}") from None
         make_activation(activation, **activation_init)  # validates the initial values early
         self.activation = activation
         self.activation_init = dict(activation_init)
@@ -1085,7 +1215,8 @@ class ACTNetMethod(RetrievalMethod):
                                        momentum=float(momentum), margin=float(margin),
                                        triplets_per_batch=int(triplets_per_batch), seed=int(seed))
         self.whiten, self.whiten_dim, self.whiten_shrinkage = bool(whiten), whiten_dim, float(whiten_shrinkage)
-        self.power_norm, self.p_init = bool(power_norm), float(p_init)
+        self.power_norm = default_power_norm(activation) if power_norm is None else bool(power_norm)
+        self.p_init = float(p_init)
         self.use_cache, self.progress = bool(use_cache), bool(progress)
         self.head: Optional[ACTNetHead] = None
         self.history: Optional[dict] = None

@@ -34,6 +34,65 @@ def _autograd_partials(fn, x, params):
 X_POS = torch.tensor([0.05, 0.3, 0.7, 1.0, 1.6, 2.5], dtype=torch.float64)
 
 
+# ------------------------------------------------ the paper's formulas against independent values
+# Reference values of each function and of its partial derivatives at fixed points, computed with
+# sympy (17 digits) from the paper's definitions, eqs. 2, 6, 10 and 20, and symbolic
+# differentiation: independent of helpers.actnet and of the paper's printed derivatives (eqs. 3-17,
+# two of which are misprinted). E.g. for Exp:
+#   x, a, b = sympy.symbols("x alpha beta"); f = a * (sympy.exp(b * x) - 1)
+#   sympy.N(sympy.diff(f, b).subs({x: 0.7, a: 1.3, b: 0.8}), 17)
+SINH_EXP_PARAMS = {"alpha": 1.3, "beta": 0.8}
+SINH_REFERENCE = {  # theta = alpha sinh(beta x), eq. 2; partials: eqs. 3 (x), 4 (alpha), 5 (beta)
+    0.7: {"theta": 0.76665123369073603, "x": 1.2073784133553563, "alpha": 0.58973171822364310,
+          "beta": 1.0564561116859368},
+    1.9: {"theta": 2.8297836503234639, "x": 2.4912872826890745, "alpha": 2.1767566540949722,
+          "beta": 5.9168072963865519},
+}
+EXP_REFERENCE = {  # theta = alpha (exp(beta x) - 1), eq. 6; partials: eqs. 7 (x), 8 (alpha), 9 (beta)
+    0.7: {"theta": 0.97587425038493141, "x": 1.8206994003079451, "alpha": 0.75067250029610108,
+          "beta": 1.5931119752694520},
+    1.9: {"theta": 4.6438927536848070, "x": 4.7551142029478456, "alpha": 3.5722251951421592,
+          "beta": 11.293396232001133},
+}
+WEIBULL_PARAMS = {"alpha": 0.9, "beta": 2.4, "gamma": 1.2, "zeta": 1.6}
+WEIBULL_REFERENCE = {  # theta = (x/alpha)^(beta-1) exp(-(x/gamma)^zeta), eq. 10; partials: eqs. 12-17
+    0.7: {"theta": 0.46116920043327296, "x": 0.47734957261005064, "alpha": -0.71737431178509127,
+          "beta": -0.11589847394765058, "gamma": 0.25957681648295558, "zeta": 0.10493324681673294},
+    1.9: {"theta": 0.35348760137653097, "x": -0.36048502782330942, "alpha": -0.54986960214127040,
+          "beta": 0.26413102661696423, "gamma": 0.98317016232619272, "zeta": -0.33884885615185084},
+}
+WEIBULL_PEAK_REFERENCE = 1.1039166385052051  # root of d theta / dx = 0 solved by sympy (eq. 11)
+
+
+@pytest.mark.parametrize("theta,partials,params,reference", [
+    (sinh_activation, sinh_partials, SINH_EXP_PARAMS, SINH_REFERENCE),
+    (exp_activation, exp_partials, SINH_EXP_PARAMS, EXP_REFERENCE),
+    (weibull_activation, weibull_partials, WEIBULL_PARAMS, WEIBULL_REFERENCE),
+], ids=["sinh_eqs_2_to_5", "exp_eqs_6_to_9", "weibull_eqs_10_to_17"])
+def test_activation_and_partials_match_independent_reference_values(theta, partials, params, reference):
+    for x, expected in reference.items():
+        xt = torch.tensor([x], dtype=torch.float64)
+        assert theta(xt, **params).item() == pytest.approx(expected["theta"], rel=1e-12)
+        closed = partials(xt, **params)
+        assert set(closed) == set(expected) - {"theta"}
+        for name, value in closed.items():
+            assert value.item() == pytest.approx(expected[name], rel=1e-12), name
+
+
+def test_activation_modules_match_independent_reference_values():
+    for module, reference in ((SinHActivation(**SINH_EXP_PARAMS), SINH_REFERENCE),
+                              (ExpActivation(**SINH_EXP_PARAMS), EXP_REFERENCE),
+                              (WeibullActivation(**WEIBULL_PARAMS), WEIBULL_REFERENCE)):
+        x = torch.tensor(sorted(reference), dtype=torch.float64)
+        expected = [reference[v]["theta"] for v in sorted(reference)]
+        np.testing.assert_allclose(module.double()(x).detach().numpy(), expected, rtol=1e-6)
+
+
+def test_weibull_peak_eq11_matches_independent_reference_value():
+    p = WEIBULL_PARAMS
+    assert weibull_peak(p["beta"], p["gamma"], p["zeta"]) == pytest.approx(WEIBULL_PEAK_REFERENCE, rel=1e-12)
+
+
 # ------------------------------------------------------------------ closed forms vs autograd
 
 
@@ -69,8 +128,7 @@ def test_exp_derivatives_eqs_7_to_9_with_eq9_as_beta_derivative():
 @pytest.mark.parametrize("beta,zeta", [(3.0, 2.0), (1.5, 0.7), (2.4, 3.3)])
 def test_weibull_derivatives_eqs_12_to_17(beta, zeta):
     params = {"alpha": 0.9, "beta": beta, "gamma": 1.2, "zeta": zeta}
-    fn = lambda x, **p: weibull_activation(x, eps=1e-12, **p)  # noqa: E731 (x > eps: no clamping)
-    auto = _autograd_partials(fn, X_POS, params)
+    auto = _autograd_partials(weibull_activation, X_POS, params)
     closed = weibull_partials(X_POS, **params)
     for k in ("x", "alpha", "beta", "gamma", "zeta"):
         torch.testing.assert_close(auto[k], closed[k], rtol=1e-9, atol=1e-12)
@@ -81,8 +139,8 @@ def test_printed_eq17_is_wrong_and_corrected_form_matches_finite_differences():
     printed = weibull_partials_as_printed(X_POS, **params)["zeta"]
     corrected = weibull_partials(X_POS, **params)["zeta"]
     h = 1e-6
-    up = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 + h, eps=1e-12)
-    down = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 - h, eps=1e-12)
+    up = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 + h)
+    down = weibull_activation(X_POS, 0.9, 3.0, 1.2, 2.0 - h)
     numeric = (up - down) / (2 * h)
     torch.testing.assert_close(corrected, numeric, rtol=1e-6, atol=1e-9)
     assert (printed - numeric).abs().max() > 1e-2
@@ -112,7 +170,7 @@ def test_gradcheck_activation_modules_float64():
 def test_weibull_peak_eq11():
     for beta, gamma, zeta in [(3.0, 1.0, 2.0), (1.8, 0.6, 1.3), (4.0, 2.0, 0.9)]:
         x = torch.linspace(1e-4, 8, 200001, dtype=torch.float64)
-        y = weibull_activation(x, 1.0, beta, gamma, zeta, eps=1e-12)
+        y = weibull_activation(x, 1.0, beta, gamma, zeta)
         x0 = weibull_peak(beta, gamma, zeta)
         assert x[int(torch.argmax(y))].item() == pytest.approx(x0, abs=1e-3)
         dx = weibull_partials(torch.tensor([x0], dtype=torch.float64), 1.0, beta, gamma, zeta)["x"]
@@ -121,14 +179,21 @@ def test_weibull_peak_eq11():
     assert m.peak() == pytest.approx(1.0, rel=1e-5)
 
 
-def test_weibull_finite_at_zero_with_shape_below_two():
-    m = WeibullActivation(alpha=1.0, beta=1.3, gamma=1.0, zeta=2.0)
-    x = torch.tensor([0.0, 0.0, 0.5, 3.0], requires_grad=True)
+@pytest.mark.parametrize("beta", [1.05, 1.1, 1.3, 3.0])
+def test_weibull_is_zero_at_non_positive_inputs_with_finite_gradients(beta):
+    m = WeibullActivation(alpha=0.8, beta=beta, gamma=1.0, zeta=2.0)
+    x = torch.tensor([-2.0, 0.0, 0.0, 1e-30, 0.5, 3.0], requires_grad=True)
     y = m(x)
+    assert torch.equal(y[:3], torch.zeros(3))  # theta(x <= 0) = 0 exactly, not (eps / alpha)^(beta - 1)
+    assert y[3] >= 0 and torch.all(y[4:] > 0)  # (1e-30)^(beta - 1) underflows float32 for beta = 3
     y.sum().backward()
-    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
-    assert y[0].item() == pytest.approx((1e-6) ** 0.3, rel=1e-3)  # (eps / alpha)^(beta - 1)
+    assert torch.isfinite(x.grad).all() and torch.equal(x.grad[:3], torch.zeros(3))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    # the functional form, with parameters as tensors: finite gradients w.r.t. alpha, beta, gamma, zeta too
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in
+              {"alpha": 0.8, "beta": beta, "gamma": 1.0, "zeta": 2.0}.items()}
+    weibull_activation(torch.tensor([-1.0, 0.0, 0.4]), **params).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in params.values())
 
 
 def test_constraints_keep_parameters_in_range():
@@ -175,8 +240,21 @@ def test_power_normalisation_eq20():
     pn = PowerNormalisation(p=0.5, lam=2.0)
     z = torch.tensor([[0.25, 4.0, 9.0]])
     torch.testing.assert_close(pn(z), torch.tensor([[1.0, 4.0, 6.0]]), rtol=1e-5, atol=1e-6)
+    # 1.5 * 0.36^0.7, by sympy: 0.73367379864533047
+    assert PowerNormalisation(p=0.7, lam=1.5).double()(torch.tensor([0.36], dtype=torch.float64)).item() \
+        == pytest.approx(0.73367379864533047, rel=1e-6)
     fixed = PowerNormalisation(learnable=False)
     assert torch.equal(fixed(z), z) and len(list(fixed.parameters())) == 0
+
+
+def test_power_normalisation_is_zero_at_zero_with_finite_gradients():
+    pn = PowerNormalisation(p=0.5, lam=2.0)
+    z = torch.tensor([[0.0, 0.0, 1e-30, 4.0]], requires_grad=True)
+    out = pn(z)
+    assert torch.equal(out[0, :2], torch.zeros(2))  # psi(0) = lambda 0^p = 0, not lambda eps^p
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all() and torch.equal(z.grad[0, :2], torch.zeros(2))
+    assert torch.isfinite(pn.raw_p.grad) and torch.isfinite(pn.raw_lam.grad)
 
 
 def test_packed_average_pooling_eq19_and_stream_eq21():
@@ -188,7 +266,7 @@ def test_packed_average_pooling_eq19_and_stream_eq21():
                                torch.stack([torch.relu(m).mean(dim=(1, 2)) for m in maps]))
     act = SinHActivation(alpha=0.5, beta=2.0)
     stream = AggregationStream(act, PowerNormalisation(p=0.7, lam=1.5), input_scale=2.0)
-    expected = torch.stack([1.5 * (0.5 * torch.sinh(2.0 * torch.relu(m) / 2.0)).mean(dim=(1, 2)).clamp(min=1e-8) ** 0.7
+    expected = torch.stack([1.5 * (0.5 * torch.sinh(2.0 * torch.relu(m) / 2.0)).mean(dim=(1, 2)) ** 0.7
                             for m in maps])
     torch.testing.assert_close(stream(maps), expected, rtol=1e-5, atol=1e-6)
     # N x C x H x W input (dense path) gives the same as a list of maps (sparse path)
@@ -205,8 +283,7 @@ def test_sparse_packing_equals_dense_pooling_including_theta_of_zero(kind):
     stream = AggregationStream(make_activation(kind), PowerNormalisation(p=0.6, lam=1.2), input_scale=1.5)
     dense = torch.stack([stream.power_norm(stream.activate(m).mean(dim=(1, 2))) for m in maps])
     torch.testing.assert_close(stream(maps), dense, rtol=1e-5, atol=1e-6)
-    if kind == "weibull":  # theta(0) = (eps/alpha)^(beta-1) != 0 is counted for every non-positive cell
-        assert stream.activation(torch.zeros(1)).item() > 0
+    assert stream.activation(torch.zeros(1)).item() == 0.0  # theta(0) = 0: non-positive cells add nothing
 
 
 def test_pca_whitening_layer_whitens_training_descriptors():
@@ -287,6 +364,19 @@ def test_training_decreases_loss_on_random_tensors():
     assert not any("input_scale" in k for k in changed)  # fixed buffer
 
 
+def test_kl_divergence_value_and_direction():
+    matching = np.array([0.5, 0.5, 0.5, 1.5])  # two bins on [0, 2]: P(s|m) = (3/4, 1/4)
+    nonmatching = np.array([0.5, 1.5])  # P(s|n) = (1/2, 1/2)
+    # KL(P(s|m) || P(s|n)) = 3/4 ln(3/2) + 1/4 ln(1/2); the reverse, 1/2 ln(2/3) + 1/2 ln(2), is 0.1438...
+    kl = histogram_kl_divergence(matching, nonmatching, bins=2, smoothing=0.0)
+    assert kl == pytest.approx(0.13081203594113697, rel=1e-12)
+    assert histogram_kl_divergence(nonmatching, matching, bins=2, smoothing=0.0) == pytest.approx(
+        0.14384103622589042, rel=1e-12)
+    # smoothing 0.1 on P(s|m) = (1, 0): (1.1, 0.1) / 1.2 against (0.6, 0.6) / 1.2
+    smoothed = histogram_kl_divergence(np.array([0.2, 0.4]), nonmatching, bins=2, smoothing=0.1)
+    assert smoothed == pytest.approx(0.4063111975037847, rel=1e-12)
+
+
 def test_pair_distances_and_kl_divergence():
     q = np.array([[1.0, 0.0]])
     db = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.8, 0.6]])
@@ -300,6 +390,29 @@ def test_pair_distances_and_kl_divergence():
     assert same < 0.05 < 1.0 < apart
     with pytest.raises(ValueError):
         histogram_kl_divergence(np.array([]), np.array([1.0]))
+
+
+def test_direct_aggregation_is_plain_average_pooling():
+    maps, labels = _toy_maps()  # non-negative maps
+    head = ACTNetHead(["l0", "l1"], [5, 7], whiten=False, **actnet.AGGREGATIONS["DA"])
+    head.init_input_scales(maps)
+    head.init_stream_balance(maps)
+    pooled = [torch.stack([m.mean(dim=(1, 2)) for m in maps[layer]]) for layer in ("l0", "l1")]
+    torch.testing.assert_close(head(maps), F.normalize(torch.cat(pooled, dim=1), dim=1))
+    assert list(head.parameters()) == []  # nothing to learn without the whitening layer
+    history = train_head(head, maps, labels, TrainingConfig(epochs=3))
+    assert history["epoch"] == [0] and len(history["objective"]) == 1
+    # "identity" is DA wherever the power normalisation is not asked for explicitly
+    assert not ACTNetHead(["l0"], [5], activation="identity").streams[0].power_norm.learnable
+    for name, options in actnet.AGGREGATIONS.items():
+        assert actnet.default_power_norm(options["activation"]) == options["power_norm"], name
+        assert ACTNetHead(["l0"], [5], activation=options["activation"]).streams[0].power_norm.learnable \
+            == options["power_norm"]
+    method = actnet.ACTNetMethod(_FakeBackbone(), 64, activation="identity", layers="l0,l1")
+    assert method.power_norm is False
+    assert actnet.ACTNetMethod(_FakeBackbone(), 64, activation="identity", layers="l0", power_norm=True).power_norm
+    with pytest.raises(ValueError, match="unknown activation"):
+        actnet.default_power_norm("relu")
 
 
 def test_head_without_whitening_and_stream_balance():
@@ -332,11 +445,14 @@ def test_response_map_strongest_cells_and_pooling_distances():
 
 
 class _FakeDataset:
-    def __init__(self, name, instance_labels=None, query_labels=None, gnd=None, n_db=None):
+    def __init__(self, name, instance_labels=None, query_labels=None, gnd=None, n_db=None, imlist=None,
+                 qimlist=None):
         self.name, self.key = name, name + "-key"
         self.instance_labels, self.query_labels = instance_labels, query_labels
         self.gnd = gnd or []
         self.n_db = n_db if n_db is not None else len(instance_labels or [])
+        self.imlist = imlist if imlist is not None else [f"db{i}.jpg" for i in range(self.n_db)]
+        self.qimlist = qimlist if qimlist is not None else [f"query{q}.jpg" for q in range(len(self.gnd))]
 
 
 def test_training_labels_from_instances_and_from_ground_truth():
@@ -350,6 +466,68 @@ def test_training_labels_from_instances_and_from_ground_truth():
     assert labels[3] == labels[4] != labels[0] and labels[5] not in labels[:5]
 
 
+def _junk_dataset():
+    """Instance a: views 0, 1 and the junk view 2; b: 3, 4 and the junk view 5; 6 a distractor."""
+    return _FakeDataset("junk", ["a", "a", "a", "b", "b", "b", "distractor"], ["a", "b"],
+                        gnd=[{"easy": [0], "hard": [1], "junk": [2]}, {"easy": [3, 4], "hard": [], "junk": [5]}])
+
+
+def test_training_junk_from_the_ground_truth():
+    ds = _junk_dataset()
+    labels = actnet.training_labels(ds)
+    assert actnet.training_junk(ds, labels) == [set(), set(), {"a"}, set(), set(), {"b"}, set()]
+    # without instance labels: the junk of a query belongs to the class of its positives
+    gnd = [{"easy": [0, 1], "hard": [], "junk": [5]}, {"easy": [3], "hard": [4], "junk": []}]
+    ds = _FakeDataset("b", gnd=gnd, n_db=6)
+    labels = actnet.training_labels(ds)
+    assert actnet.training_junk(ds, labels) == [set()] * 5 + [{labels[0]}]
+    # holidays / folder protocols list the query itself as junk: not a junk view
+    folder = _FakeDataset("f", ["x", "x", "y", "y"], ["x", "x", "y", "y"], imlist=list("abcd"), qimlist=list("abcd"),
+                          gnd=[{"easy": [1], "hard": [], "junk": [0]}, {"easy": [0], "hard": [], "junk": [1]},
+                               {"easy": [3], "hard": [], "junk": [2]}, {"easy": [2], "hard": [], "junk": [3]}])
+    assert actnet.training_junk(folder) == [set()] * 4
+
+
+def test_mining_never_uses_junk_views_as_matches_or_non_matches_of_their_instance():
+    ds = _junk_dataset()
+    labels = actnet.training_labels(ds)
+    junk = actnet.training_junk(ds, labels)
+    desc = np.array([[0.0, 0.0], [0.3, 0.0], [0.05, 0.0],  # a, a, junk a (nearest to 0)
+                     [2.0, 0.0], [2.3, 0.0], [0.1, 0.05],  # b, b, junk b (among a's views)
+                     [1.0, 0.0]])  # distractor
+    seen = set()
+    for seed in range(20):
+        triplets = mine_hard_triplets(desc, labels, margin=0.1, rng=np.random.default_rng(seed), keep_all=True,
+                                      junk=junk)
+        for q, m, n in triplets.tolist():
+            assert labels[q] not in junk[q] and labels[q] not in junk[m] and labels[q] not in junk[n]
+            seen.add((q, m, n))
+    assert {q for q, _, _ in seen} == {0, 1, 3, 4}  # the junk views 2 and 5 are no queries
+    assert {m for q, m, _ in seen if q == 0} == {1}  # never the junk view 2 of a
+    assert {n for q, _, n in seen if q in (3, 4)} == {6}  # the junk view 5 of b is no negative of b ...
+    assert {n for q, _, n in seen if q == 0} == {5}  # ... but it is one of a (it does not show a)
+    without = mine_hard_triplets(desc, labels, margin=0.1, keep_all=True)
+    assert 5 in without[:, 0]  # without the junk: the junk view of b is a query of b
+
+
+def test_fit_actnet_head_mines_without_the_junk_views(monkeypatch):
+    import helpers.features
+
+    maps, _ = _toy_maps(n_instances=2, per_instance=3, seed=3)
+    maps = {l: v + v[:1] for l, v in maps.items()}  # 7 images, as in _junk_dataset
+    monkeypatch.setattr(helpers.features, "extract_maps", lambda dataset, backbone, layers, size, split: maps)
+    seen = {}
+
+    def spy(head, maps_, labels, config, progress=False, junk=None):
+        seen["labels"], seen["junk"] = list(labels), junk
+        return {"epoch": [0]}
+
+    monkeypatch.setattr(actnet, "train_head", spy)
+    actnet.fit_actnet_head(_junk_dataset(), _FakeBackbone(), ["l0", "l1"], 64, "sinh", whiten=False,
+                           use_cache=False)
+    assert seen["junk"] == actnet.training_junk(_junk_dataset())
+
+
 def test_check_disjoint_instances():
     train = _FakeDataset("train", ["a", "a", "distractor"])
     actnet.check_disjoint_instances(train, _FakeDataset("eval", ["b", "distractor"], ["b"]))
@@ -361,6 +539,7 @@ def test_check_disjoint_instances():
 
 class _FakeBackbone:
     name, weights_id = "fake", "w0"
+    layers, last_conv = ["l0", "l1"], "l1"
 
     def resolve(self, layer):
         return layer
@@ -400,3 +579,59 @@ def test_forward_mode_autograd_partials_helper_matches_reverse_mode():
     rev = _autograd_partials(theta, X_POS, params)
     for k in rev:
         torch.testing.assert_close(fwd[k], rev[k], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- default streams
+
+
+def _backbone_without_weights(name, monkeypatch):
+    """A :class:`helpers.backbones.Backbone` whose taps are wired by helpers.backbones exactly as
+    :func:`load_backbone` wires them, on a network with random weights (none is read or downloaded)."""
+    import torchvision
+
+    from helpers import backbones
+
+    device = torch.device("cpu")
+    if name == "efficientnet_lite0":
+        import timm
+
+        random_state = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+        monkeypatch.setattr(backbones.torch, "load", lambda *args, **kwargs: random_state)
+        model, _, layers, last_conv, taps = backbones._efficientnet_lite0(device)
+    else:
+        with torch.device("meta"):  # shapes only, no memory
+            model = getattr(torchvision.models, name)()
+        wiring = {"vgg16": backbones._vgg16, "alexnet": backbones._alexnet, "resnet50": backbones._resnet,
+                  "resnet101": backbones._resnet, "mobilenet_v2": backbones._mobilenet_v2}[name]
+        layers, last_conv, taps = wiring(model)
+    return backbones.Backbone(name=name, model=model, device=device, weights_id="random", mean=backbones.IMAGENET_MEAN,
+                              std=backbones.IMAGENET_STD, layers=layers, last_conv=last_conv, tap_modules=taps)
+
+
+DEFAULT_STREAMS = {  # the last two conv taps of each backbone (the paper: the last two conv blocks)
+    "efficientnet_lite0": ["block6", "conv_head"], "vgg16": ["conv5_2", "conv5_3"], "resnet50": ["layer3", "layer4"],
+    "resnet101": ["layer3", "layer4"], "alexnet": ["conv4", "conv5"], "mobilenet_v2": ["block17", "conv_head"],
+}
+
+
+@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["BACKBONES"]).BACKBONES)
+def test_default_layers_are_the_last_two_conv_taps_of_every_backbone(name, monkeypatch):
+    backbone = _backbone_without_weights(name, monkeypatch)
+    layers = actnet.default_layers(backbone)
+    assert layers == DEFAULT_STREAMS[name]
+    assert layers[-1] == backbone.last_conv and not any(l.startswith("fc") for l in layers)
+    conv_taps = backbone.layers[:backbone.layers.index(backbone.last_conv) + 1]
+    assert actnet.default_layers(backbone, len(conv_taps)) == conv_taps
+    with pytest.raises(ValueError, match="conv taps"):
+        actnet.default_layers(backbone, len(conv_taps) + 1)
+
+
+def test_a_damaged_head_in_the_cache_is_reported_and_deleted(tmp_path):
+    from helpers import actnet
+    from helpers.cache import DamagedCacheWarning, read_entry
+
+    path = tmp_path / "head.pt"
+    path.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.warns(DamagedCacheWarning, match="head.pt"):
+        assert read_entry(path, actnet.load_head, "trained ACTNET head") is None
+    assert not path.exists()

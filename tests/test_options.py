@@ -56,3 +56,21 @@ def test_every_method_declares_its_options(name):
     assert specs and all(spec.name == key for key, spec in specs.items())
     with pytest.raises(OptionError, match="unknown options"):
         validate_options(method_class(name), {"no_such_option": "1"})
+
+
+def test_actnet_takes_the_activation_initial_values_as_options():
+    from helpers.methods import method_class
+
+    cls = method_class("actnet")
+    specs = option_specs(cls)
+    assert specs["activation"].choices == ("identity", "sinh", "exp", "weibull")
+    assert validate_options(cls, {"activation": "exp", "beta": "2.5"}) == {"activation": "exp", "beta": 2.5}
+    with pytest.raises(OptionError, match="activation.*one of"):
+        validate_options(cls, {"activation": "relu"})
+
+
+def test_actnet_refuses_initial_values_its_activation_lacks(backbone):
+    with pytest.raises(OptionError, match="unknown options.*gamma"):
+        make_method("actnet", backbone, 128, activation="exp", gamma=1.0)
+    with pytest.raises(OptionError, match="numbers"):
+        make_method("actnet", backbone, 128, activation="exp", beta="steep")

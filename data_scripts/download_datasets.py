@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             print(f"error: downloaded, but load_dataset({name!r}) fails: {err}", file=sys.stderr)
             status = 1
             continue
-        print(f"  ok: {dataset.describe()}")
+        print(f"  ok: {dataset.summary()}")
     return status
 
 

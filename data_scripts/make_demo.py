@@ -3,8 +3,11 @@
     python data_scripts/make_demo.py [--root DIR] [--seed N] [--force]
 
 Writes ``<root>/demo/`` (default root: ``$INSTRET_DATA`` or ``<repo>/data``) from the photographs
-bundled with scikit-image; see ``helpers/demo_dataset.py`` for what is generated and how. An intact
-set with the same seed is kept unless ``--force`` is given; ``--verify`` only checks the set.
+bundled with scikit-image: "demo" (310 database images: 14 instances x 15 views + 100
+distractors; 70 queries, 5 per instance) and "demo-train" (120 database images: 12 other
+instances x 8 views + 24 distractors; 60 queries), 512x384 or 384x512 JPEGs, about 40 s of CPU
+time. See ``helpers/demo_dataset.py`` for what is generated and how. An intact set with the same
+seed is kept unless ``--force`` is given; ``--verify`` only checks the set.
 """
 from __future__ import annotations
 

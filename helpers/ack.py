@@ -51,12 +51,12 @@ from .methods import RetrievalMethod, register_method
 from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
-    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "TIE_BREAK", "ack_codes", "ack_scores",
+    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
     "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
-    "dosd_scores", "histogram_similarity", "jaccard_scores", "jaccard_similarity", "kernel_brightness",
-    "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
+    "dosd_scores", "draw_kernel_boxes", "explore_view", "histogram_similarity", "instance_overlap",
+    "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
     "pseudo_gaussian_G", "random_codes", "rank_weights_W", "response_box", "search_timings",
-    "sum_dtypes", "undefined_reason", "vector_codes",
+    "sum_dtypes", "undefined_reason", "vector_codes", "visible_box",
 ]
 
 #: dtype of stored codes: kernel indices of layers with up to 65,536 channels
@@ -503,6 +503,97 @@ def response_box(amap, image_hw, rel_threshold: float = 0.5) -> list[float]:
     return [xs.min() * W / w, ys.min() * H / h, (xs.max() + 1) * W / w, (ys.max() + 1) * H / h]
 
 
+def visible_box(box, image_hw, inset: float = 4.0) -> list[float]:
+    """``box`` clipped to the image and moved ``inset`` pixels inside its frame, so that a box as
+    large as the image (a kernel firing everywhere) stays visible when drawn."""
+    H, W = image_hw
+    if inset < 0 or 2 * inset >= min(H, W):
+        raise ValueError(f"inset must lie in [0, {min(H, W) / 2}) for an image of {W} x {H}, got {inset}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [min(max(x1, inset), W - inset), min(max(y1, inset), H - inset),
+            max(min(x2, W - inset), inset), max(min(y2, H - inset), inset)]
+
+
+#: colours of the boxes of the brightest kernels (Fig. 1, :func:`explore_view`): distinct on photos
+KERNEL_COLORS = ("yellow", "magenta", "cyan", "lime", "orange")
+
+
+def draw_kernel_boxes(ax, boxes, colors, labels, image_hw, inset: float = 4.0):
+    """Fig. 1: the response boxes of some kernels on the image ``ax`` shows, each in its colour and
+    inset by ``inset`` pixels (:func:`visible_box`), named in a legend (labels written on the boxes
+    would cover each other where boxes share a corner). Box ``k`` is shrunk by ``k`` steps of 1.5 %
+    of the image side, so that kernels firing on the same region draw nested boxes, none hidden."""
+    from matplotlib.patches import Patch
+
+    from .viz import draw_boxes
+
+    step = 0.015 * max(image_hw)
+    drawn = []
+    for k, (x1, y1, x2, y2) in enumerate(visible_box(b, image_hw, inset) for b in boxes):
+        d = min(k * step, (x2 - x1) / 4, (y2 - y1) / 4)
+        drawn.append([x1 + d, y1 + d, x2 - d, y2 - d])
+    draw_boxes(ax, drawn, list(colors), linewidth=2.5)
+    ax.legend(handles=[Patch(facecolor="none", edgecolor=c, linewidth=2.5, label=str(l)) for c, l in zip(colors, labels)],
+              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(labels), fontsize=8, frameon=False)
+    return ax
+
+
+def instance_overlap(query_codes, db_codes, gnd, n_kernels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fig. 3 per query: the mean share (percent) of the query's code found in the codes of the
+    images of its instance (``gnd[q]`` "easy" and "hard"), and in those of the other database images
+    (neither positive nor "junk"). Two arrays of one value per query (NaN where a group is empty)."""
+    q = check_codes(query_codes, n_kernels, "query_codes")
+    shared = ACKIndex(db_codes, n_kernels).intersections(q).astype(np.float64) * (100.0 / q.shape[1])
+    if len(gnd) != q.shape[0]:
+        raise ValueError(f"gnd has {len(gnd)} entries for {q.shape[0]} query codes")
+    same, other = np.full(q.shape[0], np.nan), np.full(q.shape[0], np.nan)
+    for i, entry in enumerate(gnd):
+        positive = np.zeros(shared.shape[0], bool)
+        positive[list(entry.get("easy", [])) + list(entry.get("hard", []))] = True
+        rest = ~positive
+        rest[list(entry.get("junk", []))] = False
+        if positive.any():
+            same[i] = shared[positive, i].mean()
+        if rest.any():
+            other[i] = shared[rest, i].mean()
+    return same, other
+
+
+def explore_view(dataset, backbone, image_size: int, query: int = 0, layer: str = "last_conv",
+                 brightening: str = "gem", n: int | None = None, top: int = 5, box_kernels: int = 3):
+    """The chapter's explorer: query ``query`` (as the search sees it) with the boxes of its
+    ``box_kernels`` brightest kernels (:func:`draw_kernel_boxes`), then the ``top`` database images
+    with the highest dosd (green: positive, red: negative, grey: junk) for codes of ``n`` kernels
+    (None: :data:`DEFAULT_N`; at most the layer's kernels). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from . import features, viz
+    from .images import load_image
+
+    layer = backbone.resolve(layer)
+    C = backbone.channels(layer)
+    n = min(DEFAULT_N if n is None else int(n), C)
+    qmap = features.extract_maps(dataset, backbone, [layer], image_size, "query")[layer][query]
+    qimg = features.load_split_image(dataset, "query", query, image_size)
+    kernels = map_codes(qmap, brightening, box_kernels)
+    poolings = (brightening, TIE_BREAK[_check_brightening(brightening)])
+    vq = features.extract_vectors(dataset, backbone, layer, image_size, "query", poolings)
+    vd = features.extract_vectors(dataset, backbone, layer, image_size, "db", poolings)
+    qcode = vector_codes({p: v[query:query + 1] for p, v in vq.items()}, brightening, n)
+    scores = ack_scores(qcode, vector_codes(vd, brightening, n), C)[:, 0]
+    ranked = np.argsort(-scores, kind="stable")[:top]
+    fig, axes = plt.subplots(1, top + 2, figsize=(15, 3.1), gridspec_kw={"width_ratios": [1.2, 0.05] + [1] * top})
+    axes[1].axis("off")
+    viz.result_strip([axes[0]] + list(axes[2:]), qimg, [load_image(dataset.db_path(d), 256) for d in ranked],
+                     [viz.relevance_of(dataset.gnd[query], d) for d in ranked],
+                     query_title=f"query {query}: top-{box_kernels} kernels",
+                     titles=[f"db {d}, dosd {scores[d]:.3f}" for d in ranked])
+    draw_kernel_boxes(axes[0], [response_box(qmap[k], qimg.shape[:2], rel_threshold=0.7) for k in kernels],
+                      KERNEL_COLORS[:box_kernels], [f"#{k}" for k in kernels], qimg.shape[:2])
+    fig.suptitle(f"{layer}, {brightening} brightening, n={n}: top-{top} by dosd", y=1.02)
+    return fig
+
+
 def histogram_similarity(counts_a, counts_b) -> float:
     """Cosine similarity of two kernel-frequency histograms (Fig. 3): 1 = same kernels, equally often."""
     a = np.asarray(counts_a, dtype=np.float64)
@@ -553,7 +644,8 @@ def code_length_sweep(query_vectors, db_vectors, brightening: str, n_values, n_k
     ``query_vectors`` / ``db_vectors`` are pooled vectors ``{pooling: N x C}`` (see
     :func:`vector_codes`: ``brightening`` and its :data:`TIE_BREAK` pooling); ``measure(scores)``
     turns an ``N_db x N_q`` score matrix into one number (e.g. the mAP of
-    :func:`helpers.evaluate.evaluate_scores`). Returns ``{"n": [...], metric: [value per n],
+    :func:`helpers.evaluate.evaluate_scores`) or one array (e.g. the per-query APs behind it, for
+    paired comparisons), kept as an array. Returns ``{"n": [...], metric: [value per n],
     "undefined": {metric: {n: reason}}}``; where :func:`undefined_reason` gives a reason the value
     is NaN and the scores are not computed.
     """
@@ -576,7 +668,8 @@ def code_length_sweep(query_vectors, db_vectors, brightening: str, n_values, n_k
                 result[metric].append(float("nan"))
             else:
                 scores = index.dosd(qc) if metric == "dosd" else index.jaccard(qc)
-                result[metric].append(float(measure(scores)))
+                value = measure(scores)
+                result[metric].append(float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64))
     return result
 
 

@@ -912,6 +912,30 @@ def histogram_kl_divergence(matching: np.ndarray, nonmatching: np.ndarray, bins:
     return float(entropy(p / p.sum(), q / q.sum()))
 
 
+def per_query_separation(query_desc: np.ndarray, db_desc: np.ndarray, gnd: Sequence[Mapping]) -> np.ndarray:
+    """Per query, how far its non-matching images lie beyond its matching ones: the mean Euclidean
+    distance to its non-matches (not positive, not junk) minus the mean distance to its matches (easy
+    + hard), times 100 (so that l2-normalised descriptors give 0..200 "distance points").
+
+    The per-query counterpart of the histograms of Fig. 3 (which pool every query's pairs), so that
+    methods can be compared query by query (:func:`helpers.evaluate.paired_comparison`). Larger =
+    better separated; NaN for a query without a match or without a non-match.
+    """
+    query_desc, db_desc = np.asarray(query_desc, np.float64), np.asarray(db_desc, np.float64)
+    if len(gnd) != len(query_desc):
+        raise ValueError(f"{len(query_desc)} query descriptors but {len(gnd)} ground-truth entries")
+    dist = np.sqrt(np.maximum(((query_desc[:, None, :] - db_desc[None, :, :]) ** 2).sum(-1), 0))
+    out = np.full(len(gnd), np.nan)
+    for q, g in enumerate(gnd):
+        pos = np.asarray(list(g.get("easy", [])) + list(g.get("hard", [])), dtype=int)
+        neg = np.ones(len(db_desc), bool)
+        neg[pos] = False
+        neg[np.asarray(list(g.get("junk", [])), dtype=int)] = False
+        if len(pos) and neg.any():
+            out[q] = 100 * (dist[q, neg].mean() - dist[q, pos].mean())
+    return out
+
+
 # ------------------------------------------------------------- strongest responses (Fig. 4)
 
 
@@ -954,6 +978,50 @@ def pooling_distances(query_map: torch.Tensor, match_map: torch.Tensor,
         a, b = F.normalize(stream([q, m]), dim=1)
         out[name] = float((a - b).norm())
     return out
+
+
+# ------------------------------------------------------------- training history, profiles
+
+
+def parameter_changes(history: Mapping) -> Dict[str, Dict[str, tuple]]:
+    """``{layer: {parameter: (initial, final)}}`` of the activation / power parameters recorded in a
+    training history (:func:`train_head`; the fixed ``input_scale`` is left out)."""
+    first, final = history["parameters"][0], history["parameters"][-1]
+    return {layer: {k: (first[layer][k], final[layer][k]) for k in final[layer] if k != "input_scale"}
+            for layer in final}
+
+
+def max_relative_change(history: Mapping) -> float:
+    """The largest |final / initial - 1| over the activation / power parameters of a training history."""
+    return max(abs(b / a - 1) for params in parameter_changes(history).values() for a, b in params.values())
+
+
+def draw_profiles(axes, sinh_alpha=1.0, sinh_beta=3.0, exp_alpha=1.0, exp_beta=3.0,
+                  wb_alpha=1.0, wb_beta=3.0, wb_gamma=1.0, wb_zeta=2.0, x_max=1.5) -> None:
+    """Fig. 2b on two matplotlib axes: SinH and Exp against the identity (left), the Weibull with
+    its peak x0 of eq. 11 marked when it lies in [0, ``x_max``] (right)."""
+    x = torch.linspace(0, x_max, 400)
+    left, right = axes
+    left.plot(x, x, "k:", label="identity")
+    left.plot(x, sinh_activation(x, sinh_alpha, sinh_beta), "C0",
+              label=rf"SinH (eq. 2): {sinh_alpha:.2g} sinh({sinh_beta:.2g}x)")
+    left.plot(x, exp_activation(x, exp_alpha, exp_beta), "C1",
+              label=rf"Exp (eq. 6): {exp_alpha:.2g} (exp({exp_beta:.2g}x) - 1)")
+    left.set_title("SinH and Exp: amplify strong inputs")
+    right.plot(x, weibull_activation(x, wb_alpha, wb_beta, wb_gamma, wb_zeta), "C2",
+               label=rf"Weibull (eq. 10): $\alpha$={wb_alpha:.2g}, $\beta$={wb_beta:.2g}, "
+               rf"$\gamma$={wb_gamma:.2g}, $\zeta$={wb_zeta:.2g}")
+    x0 = weibull_peak(wb_beta, wb_gamma, wb_zeta)
+    if x0 <= x_max:
+        y0 = float(weibull_activation(torch.tensor([x0]), wb_alpha, wb_beta, wb_gamma, wb_zeta))
+        right.plot([x0], [y0], "C2o", ms=8)
+        right.annotate(f"peak $x_0$ = {x0:.2f} (eq. 11)", (x0, y0), xytext=(8, -14), textcoords="offset points",
+                       color="C2")
+    right.set_title("Weibull: attenuate weak, equalise strong inputs")
+    for ax, loc in zip(axes, ("upper left", "lower right")):
+        ax.set_xlabel("input value (normalised: 1 = 99th pct. of positive values)")
+        ax.set_ylabel(r"output $\theta_\phi(x)$")
+        ax.legend(fontsize=8, loc=loc)
 
 
 # ---------------------------------------------------------------- datasets, cache, method

@@ -49,12 +49,19 @@ the one place where images are re-read (the paper needs their pixels): :func:`co
 """
 from __future__ import annotations
 
+import math
+import typing
 import warnings
+from typing import Literal
+
 import numpy as np
 import torch
 from scipy.linalg import eigh
 from scipy.sparse.linalg import eigsh
 from scipy.spatial.distance import cdist
+
+from .options import choice, fraction, parse_bool, positive_int
+from .pooling import l2n_np
 
 try:  # the Yu-Shi discretisation; private in scikit-learn, so keep a public fallback
     from sklearn.cluster._spectral import discretize as _sklearn_discretize
@@ -88,6 +95,7 @@ __all__ = [
     "crop_map",
     "box_cell_coverage",
     "region_precision",
+    "region_precision_map",
     "share_at_or_above",
     "average_query_expansion",
     "colour_thumbnail",
@@ -112,7 +120,8 @@ FALLBACK_N_COMPONENTS = 8
 #: Largest share of non-zero descriptor entries for which :func:`pca_project` uses a sparse matrix.
 SPARSE_PCA_DENSITY = 0.25
 #: Ways to obtain the Normalized Cut eigenvectors (see :func:`normalized_cut`).
-EIGEN_SOLVERS = ("arpack", "dense", "sklearn")
+EigenSolver = Literal["arpack", "dense", "sklearn"]
+EIGEN_SOLVERS = typing.get_args(EigenSolver)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,11 +135,11 @@ def default_n_components(backbone_name: str) -> int:
     Why 8 for EfficientNet-Lite0: its last conv map ("conv_head", after ReLU6) is very sparse (about
     97% zeros on the demo images) and its variance is spread over many components: the first 4
     hold only ~40% of an image's descriptor variance and the first 8 ~60% (notebook 06, Fig. 5b),
-    against the few dominant components the paper describes for VGG16. mAP could not decide: swept
-    on demo-train (never on the evaluated set; notebook 06, Fig. 3), the differences over
-    C = 1..32 stayed within the noise of its 12 queries, and the best C moved between 2, 4, 8 and
-    16-32 as the demo images were regenerated during development. So C = 8 keeps more of each
-    descriptor at no extra cost worth counting (the per-image PCA and eq. 2 grow slowly with C).
+    against the few dominant components the paper describes for VGG16. mAP cannot decide: swept on
+    demo-train (never on the evaluated set; notebook 06, Fig. 3), the differences over C = 1..32 stay
+    within the noise of its 12 queries, and the best C depends on the draw of the demo images
+    (2, 4, 8 or 16-32 for different draws). So C = 8 keeps more of each descriptor at no extra cost
+    worth counting (the per-image PCA and eq. 2 grow slowly with C).
     """
     return PAPER_N_COMPONENTS.get(backbone_name, FALLBACK_N_COMPONENTS)
 
@@ -144,9 +153,8 @@ def _one_blas_thread():
     The iterative solvers used here (PROPACK for the sparse PCA, ARPACK for the Ncut eigenvectors,
     the Yu-Shi discretisation) call BLAS on 1024-long vectors thousands of times: a second BLAS
     thread only adds hand-offs, and it competes with torch's threads that have just run the
-    distances. Measured on the 2-core VM: ARPACK's 20 eigenvectors of a 1024 x 1024 affinity take
-    13 ms on one BLAS thread against 24-54 ms on two. (The controller is built once: building one
-    costs ~1 ms.)
+    distances. The controller is built once, as building one costs about as much as a small solve.
+    (Timings: benchmarks/README.md.)
     """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
@@ -171,8 +179,8 @@ def local_descriptors(feature_map) -> np.ndarray:
     """The ``H*W`` local descriptors of a ``D x H x W`` map as rows ``(H*W) x D`` (row-major: cell
     ``(y, x)`` is row ``y * W + x``).
 
-    A transposed view of the map, not a copy (column-major: copying 1024 x 1280 into row order
-    costs ~8 ms, more than the PCA that reads it)."""
+    A transposed view of the map, not a copy (column-major): copying a conv map into row order costs
+    more than the PCA that reads it, and the sparse PCA takes the column-major view as it is."""
     fmap = _as_numpy_map(feature_map)
     D = fmap.shape[0]
     return fmap.reshape(D, -1).T
@@ -227,8 +235,8 @@ def pca_project(descriptors, n_components: int, random_state: int = 0):
 
 
 def _sparse(X: np.ndarray):
-    """``X`` as a scipy sparse matrix, converted by torch (2-3x faster than scipy's own conversion
-    of a dense array: 3-5 vs 8-11 ms for 1024 x 1280). A column-major ``X`` (the transposed view of
+    """``X`` as a scipy sparse matrix, converted by torch (which does it in a fraction of the time
+    of scipy's own conversion of a dense array). A column-major ``X`` (the transposed view of
     :func:`local_descriptors`) becomes a CSC matrix without being copied into row order."""
     from scipy.sparse import csc_matrix, csr_matrix
 
@@ -243,10 +251,10 @@ def _sparse(X: np.ndarray):
 def _sparse_pca(X: np.ndarray, n_components: int, random_state: int):
     """PCA of mostly-zero descriptors: the leading singular triplets of the implicitly centred
     sparse matrix by scipy's ``svds`` with the PROPACK solver (Lanczos bidiagonalisation; the
-    centring is a rank-one correction in the matrix products, so the zeros stay zeros).
-    Measured on a 1024 x 1280 conv_head map: 8 ms against 11 ms for ARPACK on the same operator
-    (scikit-learn's sparse ``PCA``) and 15-18 ms for a randomized SVD of the dense matrix, all
-    within 1e-5 of an exact SVD."""
+    centring is a rank-one correction in the matrix products, so the zeros stay zeros). On a
+    1024 x 1280 conv_head map it is the fastest of PROPACK, ARPACK on the same operator
+    (scikit-learn's sparse ``PCA``) and a randomized SVD of the dense matrix, all three within 1e-5
+    of an exact SVD (timings: benchmarks/README.md)."""
     from scipy.sparse.linalg import LinearOperator, svds
 
     N, D = X.shape
@@ -471,8 +479,7 @@ def normalized_cut(affinity, cluster_counts=DEFAULT_CLUSTER_COUNTS, random_state
     (scikit-learn's estimator, once per cluster count: the slower reference). With ``k >= N`` every
     node is its own cluster; ``k = 1`` gives one cluster.
     """
-    if eigen_solver not in EIGEN_SOLVERS:
-        raise ValueError(f"unknown eigen_solver {eigen_solver!r}; choose one of {EIGEN_SOLVERS}")
+    choice("eigen_solver", eigen_solver, EIGEN_SOLVERS)
     return _normalized_cut(_check_affinity(affinity), _check_cluster_counts(cluster_counts),
                            random_state, eigen_solver, eigen_tol)
 
@@ -520,8 +527,7 @@ def activation_clusters(feature_map, cluster_counts=DEFAULT_CLUSTER_COUNTS, n_co
     Per-image PCA to ``n_components`` (clipped to the number of cells), eqs. (2)-(3), optional
     spatial term, one Normalized Cut per entry of ``cluster_counts`` sharing one eigen-decomposition.
     """
-    if eigen_solver not in EIGEN_SOLVERS:
-        raise ValueError(f"unknown eigen_solver {eigen_solver!r}; choose one of {EIGEN_SOLVERS}")
+    choice("eigen_solver", eigen_solver, EIGEN_SOLVERS)
     counts = _check_cluster_counts(cluster_counts)
     fmap = _as_numpy_map(feature_map)
     _, H, W = fmap.shape
@@ -539,8 +545,7 @@ def colour_clusters(thumbnail, n_clusters: int = DEFAULT_COLOUR_CLUSTERS, z_rati
         raise ValueError(f"thumbnail must be H x W x 3, got shape {img.shape}")
     rgb = img.astype(np.float64) / (255.0 if img.dtype == np.uint8 else 1.0)
     H, W, _ = rgb.shape
-    if eigen_solver not in EIGEN_SOLVERS:
-        raise ValueError(f"unknown eigen_solver {eigen_solver!r}; choose one of {EIGEN_SOLVERS}")
+    choice("eigen_solver", eigen_solver, EIGEN_SOLVERS)
     (k,) = _check_cluster_counts([n_clusters])
     S = similarity_from_distances(weighted_distances(rgb.reshape(-1, 3)), z_ratio)
     return _normalized_cut(S, [k], random_state, eigen_solver, 1e-4)[k].reshape(H, W)
@@ -602,10 +607,6 @@ def regional_mac(feature_map, masks) -> np.ndarray:
     return out
 
 
-def _l2n_rows(X: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    return X / (np.linalg.norm(X, axis=-1, keepdims=True) + eps)
-
-
 def aggregate_regional_vectors(regional_vectors, whitening=None) -> np.ndarray:
     """Sec. 4.2: l2-normalise each regional MAC vector, PCA-whiten it (``whitening.transform``,
     which l2-normalises again), sum over regions and l2-normalise: one vector.
@@ -615,10 +616,10 @@ def aggregate_regional_vectors(regional_vectors, whitening=None) -> np.ndarray:
     V = np.asarray(regional_vectors, dtype=np.float32)
     if V.ndim != 2 or V.shape[0] < 1:
         raise ValueError(f"regional_vectors must be R x D with R >= 1, got shape {V.shape}")
-    V = _l2n_rows(V)
+    V = l2n_np(V)
     if whitening is not None:
         V = np.asarray(whitening.transform(V), dtype=np.float32)
-    return _l2n_rows(V.sum(axis=0))
+    return l2n_np(V.sum(axis=0))
 
 
 def crop_map(feature_map, cells):
@@ -668,6 +669,19 @@ def region_precision(masks, coverage) -> np.ndarray:
     return (m * cov[None]).sum(axis=(1, 2)) / area
 
 
+def region_precision_map(masks, coverage) -> np.ndarray:
+    """Eq. (1) as a map: each cell gets the precision of the region that holds it (``h x w``; 0 for
+    cells in no region, the last region's where regions overlap). ``masks`` ``R x h x w``, e.g. the
+    clusters of one partition (:func:`masks_from_labels`); ``coverage`` as in :func:`region_precision`."""
+    m = np.asarray(masks, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    out = np.zeros(m.shape[1:])
+    for mask, precision in zip(m, region_precision(m, coverage)):
+        out[mask] = precision
+    return out
+
+
 def share_at_or_above(precisions, thresholds) -> np.ndarray:
     """For each threshold, the fraction of regions whose precision is ``>=`` it (the paper's Fig. 4)."""
     p = np.asarray(precisions, dtype=np.float64).ravel()
@@ -702,7 +716,7 @@ def average_query_expansion(query_vectors, db_vectors, scores=None, k: int = 5) 
     k = min(int(k), X.shape[0])
     top = np.argsort(-S, axis=0, kind="stable")[:k]  # k x n_q
     expanded = Q + X[top].sum(axis=0)
-    return X @ _l2n_rows(expanded).T
+    return X @ l2n_np(expanded).T
 
 
 # --------------------------------------------------------------------------------------------------
@@ -763,9 +777,11 @@ _COLOUR_LABELS: dict = {}
 # --------------------------------------------------------------------------------------------------
 
 #: ``regions`` option of :class:`ActivationClustersMethod`.
-REGION_KINDS = ("clusters", "rmac")
+RegionKind = Literal["clusters", "rmac"]
+REGION_KINDS = typing.get_args(RegionKind)
 #: ``query_crop`` option: "image" = crop I (cropped query image), "activations" = crop X.
-QUERY_CROPS = ("image", "activations")
+QueryCrop = Literal["image", "activations"]
+QUERY_CROPS = typing.get_args(QueryCrop)
 
 _THUMBNAILS: dict = {}
 
@@ -794,7 +810,8 @@ def colour_thumbnails(dataset, split: str, map_shapes) -> list:
     clusters need the pixels, so this re-reads the images (the only place this module does),
     decoded at a reduced size where possible; cached in memory per dataset, split and map sizes.
     An image that cannot be read gives a grey thumbnail (its features are all zero anyway)."""
-    from .images import ImageReadError, load_image, load_query
+    from .features import load_split_image
+    from .images import ImageReadError
 
     shapes = [tuple(int(v) for v in hw) for hw in map_shapes]
     key = (dataset.key, split, tuple(shapes))
@@ -808,12 +825,7 @@ def colour_thumbnails(dataset, split: str, map_shapes) -> list:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if split == "db":
-                    img = load_image(dataset.db_path(i), max_side=max(64, 8 * max(hw)))
-                elif split == "query" and dataset.gnd[i].get("bbx") is not None:
-                    img = load_query(dataset.query_path(i), dataset.gnd[i]["bbx"], max_side=max(64, 8 * max(hw)))
-                else:
-                    img = load_image(dataset.query_path(i), max_side=max(64, 8 * max(hw)))
+                img = load_split_image(dataset, split, i, max(64, 8 * max(hw)))
             out.append(colour_thumbnail(img, hw))
         except ImageReadError:
             out.append(np.full(hw + (3,), 128, dtype=np.uint8))
@@ -858,12 +870,6 @@ def query_region_precisions(dataset, backbone, image_size: int, n_components: in
     return out
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 from .methods import RetrievalMethod, register_method  # noqa: E402  (core import after the pure part)
 
 
@@ -887,42 +893,31 @@ class ActivationClustersMethod(RetrievalMethod):
 
     layers = ("last_conv",)
 
-    def __init__(self, backbone, image_size: int, regions: str = "clusters", n_components: int | None = None,
-                 cluster_counts=DEFAULT_CLUSTER_COUNTS, colour_clusters: int = DEFAULT_COLOUR_CLUSTERS,
-                 z_ratio: float = DEFAULT_Z_RATIO, spatial_sigma: float | None = None,
-                 spatial_radius: float | None = None, rmac_levels: int = 3, query_crop: str = "image",
-                 qe_k: int = 0, whiten: bool = True, whiten_dim: int | None = None,
-                 whiten_shrinkage: float = 0.0, random_state: int = 0, eigen_solver: str = "arpack",
+    def __init__(self, backbone, image_size: int, regions: RegionKind = "clusters", n_components: int | None = None,
+                 cluster_counts: tuple[int, ...] | int = DEFAULT_CLUSTER_COUNTS,
+                 colour_clusters: int = DEFAULT_COLOUR_CLUSTERS, z_ratio: float = DEFAULT_Z_RATIO,
+                 spatial_sigma: float | None = None, spatial_radius: float | None = None, rmac_levels: int = 3,
+                 query_crop: QueryCrop = "image", qe_k: int = 0, whiten: bool = True, whiten_dim: int | None = None,
+                 whiten_shrinkage: float = 0.0, random_state: int = 0, eigen_solver: EigenSolver = "arpack",
                  layer: str = "last_conv"):
         from .whitening import PCAWhitening
 
         super().__init__(backbone, image_size)
-        if regions not in REGION_KINDS:
-            raise ValueError(f"regions must be one of {REGION_KINDS}, got {regions!r}")
-        if query_crop not in QUERY_CROPS:
-            raise ValueError(f"query_crop must be one of {QUERY_CROPS} (crop I / crop X), got {query_crop!r}")
-        if eigen_solver not in EIGEN_SOLVERS:
-            raise ValueError(f"eigen_solver must be one of {EIGEN_SOLVERS}, got {eigen_solver!r}")
-        if not (isinstance(z_ratio, (int, float)) and z_ratio > 0):
-            raise ValueError(f"z_ratio must be a number > 0, got {z_ratio!r}")
-        if not isinstance(whiten, bool):
-            raise ValueError(f"whiten must be True or False, got {whiten!r}")
-        self.regions = regions
-        if n_components is None:
-            n_components = default_n_components(backbone.name)
-        self.n_components = _check_int("n_components", n_components, 1)
+        self.regions = choice("regions", regions, REGION_KINDS)
+        self.query_crop = choice("query_crop", query_crop, QUERY_CROPS)
+        self.eigen_solver = choice("eigen_solver", eigen_solver, EIGEN_SOLVERS)
+        self.n_components = positive_int("n_components", default_n_components(backbone.name)
+                                         if n_components is None else n_components)
         self.cluster_counts = tuple(_check_cluster_counts(cluster_counts))
-        self.colour_clusters = _check_int("colour_clusters", colour_clusters, 0)
-        self.z_ratio = float(z_ratio)
-        self.spatial_sigma = None if spatial_sigma is None else float(spatial_sigma)
+        self.colour_clusters = positive_int("colour_clusters", colour_clusters, minimum=0)
+        self.z_ratio = fraction("z_ratio", z_ratio, low_open=True, high=math.inf)
+        self.spatial_sigma = None if spatial_sigma is None else fraction("spatial_sigma", spatial_sigma,
+                                                                         low_open=True, high=math.inf)
         self.spatial_radius = None if spatial_radius is None else float(spatial_radius)
-        if self.spatial_sigma is not None and not self.spatial_sigma > 0:
-            raise ValueError(f"spatial_sigma must be > 0 or None, got {spatial_sigma!r}")
-        self.rmac_levels = _check_int("rmac_levels", rmac_levels, 1)
-        self.query_crop = query_crop
-        self.qe_k = _check_int("qe_k", qe_k, 0)
-        self.random_state = _check_int("random_state", random_state, 0)
-        self.eigen_solver = eigen_solver
+        self.rmac_levels = positive_int("rmac_levels", rmac_levels)
+        self.qe_k = positive_int("qe_k", qe_k, minimum=0)
+        self.random_state = positive_int("random_state", random_state, minimum=0)
+        whiten = parse_bool("whiten", whiten)
         self.layer = backbone.resolve(layer)
         self.layers = (self.layer,)
         self.whitening = PCAWhitening(whiten_dim, whiten_shrinkage) if whiten else None
@@ -1003,14 +998,12 @@ class ActivationClustersMethod(RetrievalMethod):
             rows = [v for v in self.split_regional_vectors(train_dataset, "db") if v is not None]
             if not rows:
                 raise ValueError(f"no image of {train_dataset.name} could be described to learn the whitening")
-            self.whitening.fit(_l2n_rows(np.concatenate(rows)))
+            self.whitening.fit(l2n_np(np.concatenate(rows)))
         return self
 
     def describe_queries(self, dataset, query_crop: str | None = None) -> np.ndarray:
         """Query descriptors with "crop I" (``"image"``) or "crop X" (``"activations"``)."""
-        crop = self.query_crop if query_crop is None else query_crop
-        if crop not in QUERY_CROPS:
-            raise ValueError(f"query_crop must be one of {QUERY_CROPS}, got {crop!r}")
+        crop = self.query_crop if query_crop is None else choice("query_crop", query_crop, QUERY_CROPS)
         return self.aggregate(self.split_regional_vectors(dataset, "query" if crop == "image" else "crop_x"))
 
     def describe(self, dataset, split: str) -> np.ndarray:

@@ -3,7 +3,7 @@
 No download: every pixel comes from the photographs bundled inside scikit-image
 (``skimage.data``), so the whole suite runs offline. Generation is deterministic: the same seed
 gives byte-identical JPEG files on the same software stack (each image draws from its own
-``numpy.random.default_rng([seed, split, item, view])``, the JPEG quality is fixed).
+``numpy.random.default_rng([seed, dataset, kind, instance, index])``, the JPEG quality is fixed).
 
 Layout (revisitop's ground-truth format, as for ROxford5k)::
 
@@ -39,16 +39,43 @@ rocket, coffee, ...) but never overlaps any instance box by more than
 The motorcycle's views use either the left or the right photograph of scikit-image's stereo pair,
 so some of its views are a genuine change of viewpoint.
 
+Sizes and queries
+-----------------
+"demo": 14 instances x 15 database views + 100 distractors = 310 database images, and 70 queries
+(5 per instance, as Oxford's 5 queries per landmark). "demo-train": 12 instances x 8 views + 24
+distractors = 120 database images, and 60 queries (5 per instance). Images are 512x384 or
+384x512 (:data:`IMAGE_SHAPES`). The 5 queries of an instance are 5 different query images (none
+of them in the database), each with its own ``bbx`` (the bounding box of the object in that
+image); they share the ground truth: the easy / hard / junk lists of that instance's database
+views. ``qimlist`` / ``gnd`` / ``query_labels`` hold one entry per query, instance by instance.
+
 Views
 -----
-A database view is the object warped by a homography of a virtual camera (out-of-plane rotation
-``yaw``/``pitch``, in-plane rotation ``roll``, scale, translation), pasted (alpha-composited with
-its mask) on a cluttered background (a mosaic of crops of other photographs and textures, grey
-sources tinted, plus pasted non-instance patches), possibly cut by the image border or partly
-occluded by a patch of another photograph, then photographed: exposure (gamma, contrast, colour
-cast), Gaussian blur and JPEG compression artefacts apply to the whole image. Images are 640x480 or
-480x640. Each instance also has one separate query image (a mild view, object fully visible) whose
-``bbx`` is the bounding box of the pasted object, as in ROxford the query is not in the database.
+Every image is a photograph of a scene: a cluttered background (a mosaic of crops of other
+photographs and textures, grey sources tinted) with pasted non-instance patches (each warped by
+its own perspective; 2-5 in a database view), the object (alpha-composited with its mask) seen
+by a virtual camera, then lit and exposed (a linear illumination ramp across the image of up to
++-45%, gamma, contrast, colour cast), blurred and JPEG-compressed (:func:`photograph`).
+
+A **database view** places the camera anywhere around the object: the object plane's out-of-plane
+rotation ``yaw`` in [-45, 45] and ``pitch`` in [-30, 30] degrees (tilt up to 52; "tilt" views
+reach about 60), in-plane ``roll`` in [-20, 20], and a scale at which the object's bounding box spans
+from a third of the frame to all of it (``fill``, :func:`side_for_fill`). About a third of the
+views are cut by the image border (45-95% of the object in the frame) and more than half have
+1-2 occluders (patches of other photographs, of 0.3-0.5 times the object's apparent size,
+centred on the object). Each instance's views follow :data:`VIEW_SCHEDULE` (15 views: 5 aimed
+at "easy", 7 at "hard", 3 at "junk"; the 8 views of "demo-train" are its first 8); a view aimed
+at "hard" gets one factor of :data:`HARD_FACTORS` (or two, in a quarter of them): a tilt of
+52-61 degrees, a small object (36-62 px), strong blur, darkness, only 13-24% of the object in
+the frame, a roll of 60-180 degrees, heavy occlusion, or strong JPEG artefacts. A junk view has
+2-8% of the object in the frame. With seed 0 the rule below labels the 210 views of "demo" 74
+easy, 86 hard and 50 junk. Distractors are scenes of the same kind without an object, lit and
+degraded like the views.
+
+A **query** is a mild-to-moderate view with the object fully inside the frame and unoccluded
+(``yaw`` in [-30, 30], ``pitch`` in [-20, 20], ``roll`` in [-10, 10], the object spanning 45-85%
+of the frame, mild lighting, no blur or JPEG artefact pass), as Oxford's queries show the
+landmark whole; its ``bbx`` is the bounding box of the pasted object.
 
 Easy / hard / junk (the exact rule, :func:`label_view`)
 -------------------------------------------------------
@@ -56,7 +83,7 @@ With ``visible`` = visible object pixels (inside the image, not occluded) / obje
 whole warped object, ``visible_side`` = sqrt(visible object pixels), ``apparent_side`` =
 sqrt(object pixels of the whole warped object), ``tilt`` = angle between the object plane's normal
 and the optical axis (degrees), ``roll`` = in-plane rotation (degrees, in [-180, 180]),
-``blur_sigma`` (pixels), ``exposure`` = mean intensity after / before the exposure change,
+``blur_sigma`` (pixels), ``exposure`` = mean intensity after / before lighting and exposure,
 ``jpeg_artifact_quality`` (the low quality of the artefact pass, or None):
 
 * **junk** if ``visible < 0.10`` or ``visible_side < 24`` px;
@@ -108,12 +135,14 @@ __all__ = [
     "generate_demo",
     "instance_patch",
     "label_view",
+    "lighting_gain",
     "load_sources",
     "make_background",
     "photograph",
     "render_distractor",
     "render_query",
     "render_view",
+    "side_for_fill",
     "tilt_angle",
     "verify_demo",
     "view_homography",
@@ -121,19 +150,23 @@ __all__ = [
 ]
 
 #: Bump whenever a change would alter the generated files: :func:`ensure_demo` regenerates then.
-GENERATOR_VERSION = "1.3"
+GENERATOR_VERSION = "2.0"
 #: Quality of every JPEG written (fixed, for byte-identical re-generation).
 JPEG_QUALITY = 90
-#: (height, width) of the generated images; at most 640 on the long side.
-IMAGE_SHAPES = ((480, 640), (640, 480))
+#: (height, width) of the generated images (landscape or portrait); at most 640 on the long side.
+IMAGE_SHAPES = ((384, 512), (512, 384))
 #: A clutter crop may cover at most this fraction of any instance's box.
 CLUTTER_MAX_INSTANCE_OVERLAP = 0.02
 #: Dataset names and the file-name prefix of their images.
 DATASETS = {"demo": "demo", "demo-train": "train"}
-DEFAULT_VIEWS = 8
-DEFAULT_DISTRACTORS = {"demo": 48, "demo-train": 24}
+#: Database views per instance.
+DEFAULT_VIEWS = {"demo": 15, "demo-train": 8}
+#: Query images per instance (as Oxford's 5 queries per landmark).
+DEFAULT_QUERIES = 5
+DEFAULT_DISTRACTORS = {"demo": 100, "demo-train": 24}
 #: Label aimed at by the i-th database view of an instance (cycled when more views are asked).
-VIEW_SCHEDULE = ("easy", "hard", "easy", "junk", "hard", "easy", "hard", "hard")
+VIEW_SCHEDULE = ("easy", "hard", "easy", "junk", "hard", "easy", "hard", "hard",
+                 "easy", "hard", "junk", "hard", "easy", "hard", "junk")
 HARD_FACTORS = ("tilt", "small", "blur", "dark", "partial", "roll", "occluded", "jpeg")
 
 # Thresholds of the easy / hard / junk rule (see the module docstring).
@@ -523,18 +556,34 @@ def exposure_lut(gamma: float, contrast: float, cast) -> np.ndarray:
     return np.round(np.clip(table, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def photograph(image: np.ndarray, gamma: float, contrast: float, cast, blur_sigma: float,
-               jpeg_artifact_quality: int | None) -> tuple[np.ndarray, float]:
-    """Expose (see :func:`exposure_lut`), blur (Gaussian, ``blur_sigma`` px) and compress (JPEG
-    at ``jpeg_artifact_quality``, if given) a whole float RGB image in [0, 1].
+def lighting_gain(height: int, width: int, angle: float, strength: float) -> np.ndarray:
+    """A linear illumination ramp (float32 ``H x W``): gain ``1 + strength * t``, ``t`` in
+    [-1, 1] along the direction ``angle`` (radians) across the image, the light falling from one
+    side of the scene to the other."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    along = (xx - width / 2) * math.cos(angle) + (yy - height / 2) * math.sin(angle)
+    reach = 0.5 * (abs(width * math.cos(angle)) + abs(height * math.sin(angle)))
+    return (1.0 + strength * along / max(reach, 1.0)).astype(np.float32)
 
-    Returns the uint8 image and ``exposure`` = mean intensity after / before the exposure change.
+
+def photograph(image: np.ndarray, gamma: float, contrast: float, cast, blur_sigma: float,
+               jpeg_artifact_quality: int | None, light: tuple[float, float] | None = None
+               ) -> tuple[np.ndarray, float]:
+    """Light (a :func:`lighting_gain` ramp ``light = (angle, strength)``, if given), expose (see
+    :func:`exposure_lut`), blur (Gaussian, ``blur_sigma`` px) and compress (JPEG at
+    ``jpeg_artifact_quality``, if given) a whole float RGB image in [0, 1].
+
+    Returns the uint8 image and ``exposure`` = mean intensity after / before lighting and exposure.
     """
     from PIL import ImageFilter
 
     image_u8 = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    lit_u8 = image_u8
+    if light is not None:
+        gain = lighting_gain(image.shape[0], image.shape[1], *light)
+        lit_u8 = np.round(np.clip(image * gain[:, :, None], 0.0, 1.0) * 255.0).astype(np.uint8)
     table = exposure_lut(gamma, contrast, cast)
-    exposed = np.stack([table[c][image_u8[:, :, c]] for c in range(3)], axis=2)
+    exposed = np.stack([table[c][lit_u8[:, :, c]] for c in range(3)], axis=2)
     exposure = (float(exposed.mean()) + 0.5) / (float(image_u8.mean()) + 0.5)
     picture = Image.fromarray(exposed)
     if blur_sigma > 0.05:
@@ -554,7 +603,7 @@ class ViewInfo:
     kind: str  # "view", "query" or "distractor"
     instance: str  # instance name or "distractor"
     aim: str = ""  # label aimed at by the schedule ("easy", "hard", "junk"); "" for others
-    factor: str = ""  # difficulty factor used for a "hard" aim
+    factor: str = ""  # difficulty factors of a "hard" aim, joined by "+"
     source: str = ""
     visible: float = 0.0
     visible_side: float = 0.0
@@ -582,47 +631,75 @@ def label_view(info: ViewInfo) -> str:
     return "easy"
 
 
-def _view_parameters(rng: np.random.Generator, aim: str, short_side: int) -> dict:
-    """Random parameters of a database view aimed at ``aim`` (see :data:`VIEW_SCHEDULE`)."""
+def _view_parameters(rng: np.random.Generator, aim: str) -> dict:
+    """Random parameters of a database view aimed at ``aim`` (see :data:`VIEW_SCHEDULE`).
+
+    ``fill``: the larger side of the warped object's bounding box as a fraction of the frame's
+    (:func:`side_for_fill`), or ``side``: its apparent size in pixels (the "small" factor). A
+    view aimed at "hard" gets one or two factors of :data:`HARD_FACTORS` (``factor``, joined by
+    "+")."""
     p = dict(
-        yaw=rng.uniform(-35, 35), pitch=rng.uniform(-25, 25), roll=rng.uniform(-20, 20),
-        side=short_side * rng.uniform(0.25, 0.6), visible_target=1.0, occlude=rng.random() < 0.25,
-        occlude_size=rng.uniform(0.25, 0.45), gamma=math.exp(rng.uniform(-0.3, 0.3)),
-        contrast=rng.uniform(0.8, 1.15), cast=rng.uniform(0.88, 1.12, size=3),
-        blur_sigma=float(rng.choice([0.0, rng.uniform(0.3, 1.5)])),
-        jpeg=int(rng.integers(30, 70)) if rng.random() < 0.3 else None, factor="",
-        n_clutter=int(rng.integers(1, 4)),
+        yaw=rng.uniform(-45, 45), pitch=rng.uniform(-30, 30), roll=rng.uniform(-20, 20),
+        fill=rng.uniform(1 / 3, 1.0), side=None, visible_target=1.0,
+        n_occluders=int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15])),
+        occlude_size=rng.uniform(0.3, 0.5), gamma=math.exp(rng.uniform(-0.4, 0.4)),
+        contrast=rng.uniform(0.75, 1.2), cast=rng.uniform(0.82, 1.18, size=3),
+        light=(rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.45)),
+        blur_sigma=float(rng.choice([0.0, rng.uniform(0.3, 1.8)])),
+        jpeg=int(rng.integers(25, 70)) if rng.random() < 0.35 else None, factor="",
+        n_clutter=int(rng.integers(2, 6)),
     )
-    if rng.random() < 0.25:  # partly outside the frame, but mostly visible
-        p["visible_target"] = rng.uniform(0.6, 0.95)
+    if rng.random() < 0.35:  # partly outside the frame
+        p["visible_target"] = rng.uniform(0.45, 0.95)
     if aim == "hard":
-        factor = HARD_FACTORS[int(rng.integers(len(HARD_FACTORS)))]
-        p["factor"] = factor
-        if factor == "tilt":
-            p["yaw"] = float(rng.choice([-1, 1])) * rng.uniform(55, 68)
-            p["pitch"] = rng.uniform(-20, 20)
-        elif factor == "small":
-            p["side"] = rng.uniform(36, 62)
-        elif factor == "blur":
-            p["blur_sigma"] = rng.uniform(2.8, 4.5)
-        elif factor == "dark":
-            p["gamma"], p["contrast"] = rng.uniform(2.2, 3.2), rng.uniform(0.35, 0.6)
-        elif factor == "partial":
-            p["visible_target"] = rng.uniform(0.13, 0.24)
-            p["side"] = short_side * rng.uniform(0.6, 1.0)
-        elif factor == "roll":
-            p["roll"] = float(rng.choice([-1, 1])) * rng.uniform(60, 180)
-        elif factor == "occluded":
-            p["occlude"], p["occlude_size"] = True, rng.uniform(0.9, 1.2)
-            p["visible_target"] = rng.uniform(0.5, 0.7)
-        elif factor == "jpeg":
-            p["jpeg"] = int(rng.integers(4, 11))
+        n_factors = 1 if rng.random() < 0.75 else 2
+        factors = rng.choice(len(HARD_FACTORS), size=n_factors, replace=False)
+        p["factor"] = "+".join(HARD_FACTORS[int(k)] for k in sorted(factors))
+        for k in sorted(factors):
+            _apply_hard_factor(rng, p, HARD_FACTORS[int(k)])
     elif aim == "junk":
         p["visible_target"] = rng.uniform(0.02, 0.08)
-        p["side"] = short_side * rng.uniform(0.5, 0.9)
+        p["fill"] = rng.uniform(0.6, 1.0)
     elif aim != "easy":
         raise ValueError(f"aim must be 'easy', 'hard' or 'junk', got {aim!r}")
     return p
+
+
+def _apply_hard_factor(rng: np.random.Generator, p: dict, factor: str) -> None:
+    """Change the view parameters ``p`` so that ``factor`` makes the view "hard" by the rule."""
+    if factor == "tilt":
+        p["yaw"] = float(rng.choice([-1, 1])) * rng.uniform(52, 60)
+        p["pitch"] = rng.uniform(-15, 15)
+    elif factor == "small":
+        p["side"] = rng.uniform(36, 62)
+    elif factor == "blur":
+        p["blur_sigma"] = rng.uniform(2.8, 4.5)
+    elif factor == "dark":
+        p["gamma"], p["contrast"] = rng.uniform(2.2, 3.2), rng.uniform(0.35, 0.6)
+    elif factor == "partial":
+        p["visible_target"] = rng.uniform(0.13, 0.24)
+        p["fill"] = rng.uniform(0.7, 1.0)
+    elif factor == "roll":
+        p["roll"] = float(rng.choice([-1, 1])) * rng.uniform(60, 180)
+    elif factor == "occluded":
+        p["n_occluders"], p["occlude_size"] = 2, rng.uniform(0.7, 0.95)
+    elif factor == "jpeg":
+        p["jpeg"] = int(rng.integers(4, 11))
+    else:  # pragma: no cover - HARD_FACTORS and this function go together
+        raise ValueError(f"unknown hard factor {factor!r}")
+
+
+def side_for_fill(mask: np.ndarray, yaw: float, pitch: float, roll: float, fill: float,
+                  width: int, height: int) -> float:
+    """The apparent size (sqrt of the warped object's area, what :func:`warp_patch` takes) at
+    which the warped bounding box of an object with ``mask`` spans ``fill`` of a ``width x
+    height`` frame along its tighter direction (1 = the object fills the frame)."""
+    h, w = mask.shape
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+    quad = _apply_h(view_homography(w, h, yaw, pitch, roll, 1.0), corners)
+    extent_w, extent_h = quad.max(axis=0) - quad.min(axis=0)
+    area = _polygon_area(quad) * (float(mask.mean()) or 1.0)
+    return math.sqrt(area) * fill * min(width / extent_w, height / extent_h)
 
 
 def _place(rng: np.random.Generator, alpha: np.ndarray, width: int, height: int,
@@ -651,32 +728,42 @@ def _place(rng: np.random.Generator, alpha: np.ndarray, width: int, height: int,
     return int(round(x0 + direction[0] * lo)), int(round(y0 + direction[1] * lo))
 
 
+def _occlude(rng: np.random.Generator, canvas: np.ndarray, placed: np.ndarray, side: float
+             ) -> np.ndarray:
+    """Paste a clutter patch of apparent size ``side`` centred on a random visible pixel of the
+    object (``placed``: its alpha in canvas coordinates); returns the alpha left visible."""
+    ys, xs = np.nonzero(placed > 0.5)
+    if not len(ys):
+        return placed
+    k = int(rng.integers(len(ys)))
+    occluder = paste_clutter_patch(rng, canvas, side, centre=(float(xs[k]), float(ys[k])))
+    return placed * (1.0 - occluder)
+
+
 def render_view(rng: np.random.Generator, spec: InstanceSpec, aim: str
                 ) -> tuple[np.ndarray, ViewInfo]:
     """One database image of instance ``spec`` aimed at label ``aim``: (uint8 image, info)."""
     height, width = IMAGE_SHAPES[int(rng.integers(len(IMAGE_SHAPES)))]
-    params = _view_parameters(rng, aim, min(height, width))
+    params = _view_parameters(rng, aim)
     use_alt = spec.alt_source is not None and rng.random() < 0.5
     canvas = make_background(rng, height, width)
     for _ in range(params["n_clutter"]):
-        paste_clutter_patch(rng, canvas, min(height, width) * rng.uniform(0.2, 0.45))
+        paste_clutter_patch(rng, canvas, min(height, width) * rng.uniform(0.2, 0.5))
     pixels, mask = instance_patch(spec, use_alt)
-    obj, alpha = warp_patch(pixels, mask, params["yaw"], params["pitch"], params["roll"],
-                            params["side"])
+    side = params["side"]
+    if side is None:
+        side = side_for_fill(mask, params["yaw"], params["pitch"], params["roll"],
+                             params["fill"], width, height)
+    obj, alpha = warp_patch(pixels, mask, params["yaw"], params["pitch"], params["roll"], side)
     total = float(alpha.sum())
     x0, y0 = _place(rng, alpha, width, height, params["visible_target"])
     placed = _paste(canvas, obj, alpha, x0, y0)
     in_frame = float(placed.sum())
-    if params["occlude"] and in_frame > 0:
-        ys, xs = np.nonzero(placed > 0.5)
-        k = int(rng.integers(len(ys))) if len(ys) else 0
-        centre = (float(xs[k]), float(ys[k])) if len(ys) else None
-        occluder = paste_clutter_patch(rng, canvas, params["occlude_size"] * math.sqrt(total),
-                                       centre=centre)
-        placed = placed * (1.0 - occluder)
+    for _ in range(params["n_occluders"]):
+        placed = _occlude(rng, canvas, placed, params["occlude_size"] * math.sqrt(total))
     visible_px = float(placed.sum())
-    image, exposure = photograph(canvas, params["gamma"], params["contrast"],
-                                 params["cast"], params["blur_sigma"], params["jpeg"])
+    image, exposure = photograph(canvas, params["gamma"], params["contrast"], params["cast"],
+                                 params["blur_sigma"], params["jpeg"], params["light"])
     info = ViewInfo(
         kind="view", instance=spec.name, aim=aim, factor=params["factor"],
         source=spec.alt_source if use_alt else spec.source,
@@ -691,16 +778,18 @@ def render_view(rng: np.random.Generator, spec: InstanceSpec, aim: str
 
 
 def render_query(rng: np.random.Generator, spec: InstanceSpec) -> tuple[np.ndarray, ViewInfo]:
-    """The query image of an instance: a mild view, the object fully inside, with its ``bbx``."""
+    """A query image of an instance: a mild-to-moderate view (tilt at most ~36 degrees, roll at
+    most 10), the object fully inside and unoccluded, with its ``bbx``; mild lighting changes."""
     height, width = IMAGE_SHAPES[int(rng.integers(len(IMAGE_SHAPES)))]
-    short = min(height, width)
     canvas = make_background(rng, height, width)
-    for _ in range(int(rng.integers(0, 3))):
-        paste_clutter_patch(rng, canvas, short * rng.uniform(0.2, 0.4))
-    yaw, pitch, roll = rng.uniform(-20, 20), rng.uniform(-15, 15), rng.uniform(-8, 8)
+    for _ in range(int(rng.integers(1, 4))):
+        paste_clutter_patch(rng, canvas, min(height, width) * rng.uniform(0.2, 0.4))
+    yaw, pitch, roll = rng.uniform(-30, 30), rng.uniform(-20, 20), rng.uniform(-10, 10)
     pixels, mask = instance_patch(spec)
-    obj, alpha = warp_patch(pixels, mask, yaw, pitch, roll, short * rng.uniform(0.45, 0.65))
     margin = 8
+    fill = rng.uniform(0.45, 0.85)
+    obj, alpha = warp_patch(pixels, mask, yaw, pitch, roll,
+                            side_for_fill(mask, yaw, pitch, roll, fill, width, height))
     if alpha.shape[0] > height - 2 * margin or alpha.shape[1] > width - 2 * margin:
         factor = 0.95 * min((height - 2 * margin) / alpha.shape[0],
                             (width - 2 * margin) / alpha.shape[1])
@@ -711,9 +800,9 @@ def render_query(rng: np.random.Generator, spec: InstanceSpec) -> tuple[np.ndarr
     placed = _paste(canvas, obj, alpha, x0, y0)
     ys, xs = np.nonzero(placed > 0.5)
     bbx = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-    cast = rng.uniform(0.93, 1.07, size=3)
-    image, exposure = photograph(canvas, math.exp(rng.uniform(-0.15, 0.15)),
-                                 rng.uniform(0.9, 1.1), cast, 0.0, None)
+    image, exposure = photograph(canvas, math.exp(rng.uniform(-0.2, 0.2)), rng.uniform(0.85, 1.1),
+                                 rng.uniform(0.9, 1.1, size=3), 0.0, None,
+                                 (rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.2)))
     total = float(alpha.sum())
     info = ViewInfo(kind="query", instance=spec.name, source=spec.source, visible=1.0,
                     visible_side=math.sqrt(total), apparent_side=math.sqrt(total),
@@ -723,25 +812,32 @@ def render_query(rng: np.random.Generator, spec: InstanceSpec) -> tuple[np.ndarr
 
 
 def render_distractor(rng: np.random.Generator) -> tuple[np.ndarray, ViewInfo]:
-    """A clutter image without any instance: background plus 1-3 pasted non-instance patches."""
+    """A clutter image without any instance: background plus 1-4 pasted non-instance patches,
+    photographed like a database view."""
     height, width = IMAGE_SHAPES[int(rng.integers(len(IMAGE_SHAPES)))]
     short = min(height, width)
     canvas = make_background(rng, height, width)
-    for _ in range(int(rng.integers(1, 4))):
-        paste_clutter_patch(rng, canvas, short * rng.uniform(0.25, 0.7))
+    for _ in range(int(rng.integers(1, 5))):
+        paste_clutter_patch(rng, canvas, short * rng.uniform(0.25, 0.8))
     image, exposure = photograph(canvas, math.exp(rng.uniform(-0.4, 0.4)),
-                                 rng.uniform(0.7, 1.15), rng.uniform(0.88, 1.12, size=3),
+                                 rng.uniform(0.75, 1.2), rng.uniform(0.82, 1.18, size=3),
                                  float(rng.choice([0.0, rng.uniform(0.3, 2.0)])),
-                                 int(rng.integers(30, 70)) if rng.random() < 0.3 else None)
+                                 int(rng.integers(25, 70)) if rng.random() < 0.35 else None,
+                                 (rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.45)))
     return image, ViewInfo(kind="distractor", instance="distractor", exposure=exposure)
 
 
 # ----------------------------------------------------------------------------- the datasets
-def _item_rng(seed: int, dataset: str, item: int, view: int) -> np.random.Generator:
-    """Each image has its own stream, so a subset (fewer instances or views) is a prefix of the
-    full set, image for image."""
+#: Kinds of image, each with its own random streams.
+_STREAMS = {"query": 0, "view": 1, "distractor": 2}
+
+
+def _item_rng(seed: int, dataset: str, kind: str, item: int, index: int) -> np.random.Generator:
+    """Each image has its own stream (``index``-th query / view of instance ``item``, or the
+    ``index``-th distractor), so a subset (fewer instances, queries, views or distractors) is a
+    prefix of the full set, image for image."""
     dataset_code = list(DATASETS).index(dataset)
-    return np.random.default_rng([int(seed), dataset_code, int(item), int(view)])
+    return np.random.default_rng([int(seed), dataset_code, _STREAMS[kind], int(item), int(index)])
 
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:
@@ -750,8 +846,10 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
 
 
 def build_dataset(dataset: str, jpg_dir: Path, seed: int, n_instances: int | None,
-                  n_views: int, n_distractors: int) -> tuple[dict, dict]:
-    """Render one dataset's images into ``jpg_dir``.
+                  n_views: int, n_distractors: int, n_queries: int = DEFAULT_QUERIES
+                  ) -> tuple[dict, dict]:
+    """Render one dataset's images into ``jpg_dir``: per instance ``n_queries`` query images
+    and ``n_views`` database views, then ``n_distractors`` distractors.
 
     Returns the ground truth (the dict written to ``gnd_<dataset>.json``) and the view records
     ``{"db": [ViewInfo as dict per database image], "query": [... per query]}``.
@@ -759,35 +857,37 @@ def build_dataset(dataset: str, jpg_dir: Path, seed: int, n_instances: int | Non
     prefix = DATASETS[dataset]
     specs = INSTANCES[dataset][: n_instances if n_instances is not None else None]
     imlist, instance_labels, infos = [], [], []
-    qimlist, query_labels, gnd, query_infos = [], [], [], []
+    qimlist, query_labels, query_infos = [], [], []
     for item, spec in enumerate(specs):
-        image, info = render_query(_item_rng(seed, dataset, item, 0), spec)
-        name = f"{prefix}_{spec.name}_query.jpg"
-        _save_jpeg(image, jpg_dir / name)
-        qimlist.append(name)
-        query_labels.append(spec.name)
-        query_infos.append(info)
+        for k in range(n_queries):
+            image, info = render_query(_item_rng(seed, dataset, "query", item, k), spec)
+            name = f"{prefix}_{spec.name}_query{k}.jpg"
+            _save_jpeg(image, jpg_dir / name)
+            qimlist.append(name)
+            query_labels.append(spec.name)
+            query_infos.append(info)
         for view in range(n_views):
             aim = VIEW_SCHEDULE[view % len(VIEW_SCHEDULE)]
-            image, info = render_view(_item_rng(seed, dataset, item, view + 1), spec, aim)
+            image, info = render_view(_item_rng(seed, dataset, "view", item, view), spec, aim)
             name = f"{prefix}_{spec.name}_{view:02d}.jpg"
             _save_jpeg(image, jpg_dir / name)
             imlist.append(name)
             instance_labels.append(spec.name)
             infos.append(info)
     for k in range(n_distractors):
-        image, info = render_distractor(_item_rng(seed, dataset, len(INSTANCES[dataset]) + k, 0))
+        image, info = render_distractor(_item_rng(seed, dataset, "distractor", 0, k))
         name = f"{prefix}_distractor_{k:03d}.jpg"
         _save_jpeg(image, jpg_dir / name)
         imlist.append(name)
         instance_labels.append("distractor")
         infos.append(info)
-    for q, spec in enumerate(specs):
-        entry = {"bbx": query_infos[q].bbx, "easy": [], "hard": [], "junk": []}
-        for i, info in enumerate(infos):
-            if info.instance == spec.name:
-                entry[info.label].append(i)
-        gnd.append(entry)
+    # Every query of an instance has the same relevant images: the instance's database views.
+    lists = {spec.name: {"easy": [], "hard": [], "junk": []} for spec in specs}
+    for i, info in enumerate(infos):
+        if info.instance in lists:
+            lists[info.instance][info.label].append(i)
+    gnd = [{"bbx": info.bbx, **{key: list(ids) for key, ids in lists[info.instance].items()}}
+           for info in query_infos]
     ground_truth = {"imlist": imlist, "qimlist": qimlist, "gnd": gnd,
                     "instance_labels": instance_labels, "query_labels": query_labels,
                     "protocol": "revisited"}
@@ -799,32 +899,43 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _sizes(n_instances, n_views, n_distractors) -> dict:
-    if n_views < 1:
-        raise ValueError(f"n_views must be >= 1, got {n_views}")
-    if n_instances is not None and n_instances < 1:
-        raise ValueError(f"n_instances must be >= 1 or None (all), got {n_instances}")
+def _count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _sizes(n_instances=None, n_views=None, n_distractors=None, n_queries=None) -> dict:
+    """The sizes recorded in the manifest; None = the default (all instances, DEFAULT_*)."""
+    if n_instances is not None:
+        n_instances = _count(n_instances, "n_instances (or None for all)", 1)
+    views = dict(DEFAULT_VIEWS)
+    if n_views is not None:
+        views = {name: _count(n_views, "n_views", 1) for name in DATASETS}
     distractors = dict(DEFAULT_DISTRACTORS)
     if n_distractors is not None:
-        if n_distractors < 0:
-            raise ValueError(f"n_distractors must be >= 0, got {n_distractors}")
-        distractors = {name: n_distractors for name in DATASETS}
-    return {"n_instances": n_instances, "n_views": int(n_views), "n_distractors": distractors}
+        distractors = {name: _count(n_distractors, "n_distractors", 0) for name in DATASETS}
+    queries = _count(DEFAULT_QUERIES if n_queries is None else n_queries, "n_queries", 1)
+    return {"n_instances": n_instances, "n_views": views, "n_queries": queries,
+            "n_distractors": distractors}
 
 
 def generate_demo(root: str | os.PathLike | None = None, seed: int = 0,
-                  n_instances: int | None = None, n_views: int = DEFAULT_VIEWS,
-                  n_distractors: int | None = None, force: bool = True) -> Path:
+                  n_instances: int | None = None, n_views: int | None = None,
+                  n_distractors: int | None = None, force: bool = True,
+                  n_queries: int | None = None) -> Path:
     """Generate "demo" and "demo-train" into ``<root>/demo`` and return that directory.
 
-    ``n_instances`` (per dataset, None = all), ``n_views`` (database views per instance) and
-    ``n_distractors`` (per dataset, None = the defaults 48 / 24) make smaller sets for tests; the
-    defaults give the full set. The set is written to a temporary directory beside the target
-    and renamed into place, so a crash never leaves a half-written ``demo/``. With ``force=False``
-    an intact set with the same seed and sizes is kept as it is.
+    ``n_instances`` (per dataset, None = all), ``n_views`` (database views per instance, None =
+    :data:`DEFAULT_VIEWS`: 15 / 8), ``n_distractors`` (per dataset, None =
+    :data:`DEFAULT_DISTRACTORS`: 100 / 24) and ``n_queries`` (query images per instance, None =
+    :data:`DEFAULT_QUERIES`: 5) make smaller sets for tests; the defaults give the full set. The
+    set is written to a temporary directory beside the target and renamed into place, so a
+    crash never leaves a half-written ``demo/``. With ``force=False`` an intact set with the
+    same seed and sizes is kept as it is.
     """
     root = Path(root) if root is not None else data_root()
-    sizes = _sizes(n_instances, n_views, n_distractors)
+    sizes = _sizes(n_instances, n_views, n_distractors, n_queries)
     target = root / "demo"
     if not force and not verify_demo(target, seed=seed, sizes=sizes):
         return target
@@ -836,8 +947,8 @@ def generate_demo(root: str | os.PathLike | None = None, seed: int = 0,
         jpg_dir.mkdir()
         for dataset in DATASETS:
             ground_truth, views = build_dataset(
-                dataset, jpg_dir, seed, sizes["n_instances"], sizes["n_views"],
-                sizes["n_distractors"][dataset])
+                dataset, jpg_dir, seed, sizes["n_instances"], sizes["n_views"][dataset],
+                sizes["n_distractors"][dataset], sizes["n_queries"])
             save_gnd_json(tmp / f"gnd_{dataset}.json", ground_truth)
             (tmp / f"views_{dataset}.json").write_text(json.dumps(views, indent=1))
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
@@ -920,7 +1031,6 @@ def ensure_demo(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
     generated only when it is missing, not intact, or made by another generator version / seed."""
     root = Path(root) if root is not None else data_root()
     target = root / "demo"
-    sizes = _sizes(None, DEFAULT_VIEWS, None)
-    if verify_demo(target, seed=seed, sizes=sizes):
-        generate_demo(root, seed=seed, n_instances=None, n_views=DEFAULT_VIEWS, n_distractors=None)
+    if verify_demo(target, seed=seed, sizes=_sizes()):
+        generate_demo(root, seed=seed)
     return target

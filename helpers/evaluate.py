@@ -349,6 +349,7 @@ def evaluate_scores(dataset, scores, kappas: Iterable[int] = DEFAULT_KAPPAS) -> 
                 full[kept_q] = value
                 results[key] = full
     results["dataset"] = getattr(dataset, "name", None)
+    results["query_labels"] = getattr(dataset, "query_labels", None)  # instances, for paired comparisons
     results["n_queries"] = len(kept_q)
     results["unreadable"] = unreadable
     return results
@@ -396,30 +397,54 @@ def per_query_ap(results: Mapping, setting: str = "M") -> np.ndarray:
     return np.asarray(results[key], dtype=np.float64)
 
 
-def _paired_rows(*aps) -> np.ndarray:
+def _paired_rows(*aps, groups=None):
+    """Rows of per-query values (one row per method or point) over the queries every row evaluates,
+    and the group of each kept query (instance labels, or one group per query)."""
     if len({len(np.ravel(a)) for a in aps}) != 1:
         raise ValueError(f"per-query APs must cover the same queries, got lengths {[len(np.ravel(a)) for a in aps]}")
     rows = np.vstack([np.asarray(a, dtype=np.float64).ravel() for a in aps])
-    rows = rows[:, np.isfinite(rows).all(axis=0)]   # queries every method could evaluate
+    if groups is None:
+        groups = np.arange(rows.shape[1])
+    groups = np.asarray(groups)
+    if groups.shape != (rows.shape[1],):
+        raise ValueError(f"groups must give one label per query ({rows.shape[1]}), got shape {groups.shape}")
+    keep = np.isfinite(rows).all(axis=0)   # queries every method could evaluate
+    rows, groups = rows[:, keep], groups[keep]
     if rows.shape[1] < 2:
         raise ValueError("a paired comparison needs at least 2 queries that every method evaluates")
-    return rows
+    _, group_index = np.unique(groups, return_inverse=True)
+    return rows, group_index
 
 
-def _bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+def _group_sums(values: np.ndarray, group_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of ``values`` (last axis = queries) and the group sizes."""
+    n_groups = int(group_index.max()) + 1
+    sums = np.zeros(values.shape[:-1] + (n_groups,))
+    np.add.at(sums, (..., group_index), values)
+    return sums, np.bincount(group_index, minlength=n_groups).astype(np.float64)
 
 
-def _sign_flip_p(diffs: np.ndarray, n_resamples: int, seed: int) -> float:
-    """Two-sided p-value of the paired permutation (sign-flip) test of a zero mean difference:
-    exact over all 2^n sign patterns for n <= 16, else from ``n_resamples`` random ones."""
-    observed = abs(diffs.mean())
-    n = len(diffs)
+def _bootstrap_means(values: np.ndarray, group_index: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means over queries of ``n_resamples`` bootstrap resamples (last axis = queries): the groups are
+    resampled with replacement and bring all their queries (a cluster bootstrap; one group per query
+    is the ordinary bootstrap)."""
+    sums, sizes = _group_sums(values, group_index)
+    picks = np.random.default_rng(seed).integers(0, len(sizes), size=(n_resamples, len(sizes)))
+    return sums[..., picks].sum(axis=-1) / sizes[picks].sum(axis=-1)
+
+
+def _sign_flip_p(diffs: np.ndarray, group_index: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Two-sided p-value of the paired permutation (sign-flip) test of a zero mean difference, the
+    signs flipped per group: exact over all 2^g sign patterns for g <= 16 groups, else from
+    ``n_resamples`` random ones."""
+    sums, _ = _group_sums(diffs, group_index)
+    observed = abs(sums.sum())
+    n = len(sums)
     if n <= 16:
         signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-        return float(np.mean(np.abs((signs * diffs).mean(axis=1)) >= observed - 1e-12))
+        return float(np.mean(np.abs(signs @ sums) >= observed - 1e-9))
     signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], size=(n_resamples, n))
-    hits = np.count_nonzero(np.abs((signs * diffs).mean(axis=1)) >= observed - 1e-12)
+    hits = np.count_nonzero(np.abs(signs @ sums) >= observed - 1e-9)
     return float((hits + 1) / (n_resamples + 1))
 
 
@@ -438,9 +463,15 @@ class PairedComparison(dict):
                 f"p={self['p']:.3f} verdict={self['verdict']}")
 
     def claim_line(self, claim: str) -> str:
-        """``<claim>: reproduced (diff=+2.10, 95% CI [+0.40, +3.90], p=0.012, 70 queries)``"""
-        return (f"{claim}: {self['claim']} (diff={self['diff']:+.2f}, 95% CI [{self['ci'][0]:+.2f}, "
-                f"{self['ci'][1]:+.2f}], p={self['p']:.3f}, {self['n_queries']} queries)")
+        """``<claim>: reproduced (diff=+2.10, 95% CI [+0.40, +3.90], p=0.012, 70 queries, 14 instances)``
+        (``rho=`` for a trend). The README's table of verdicts is collected from these lines
+        (``scripts/claims_table.py``), so every chapter prints its claims this way."""
+        if self.get("claim") is None:
+            raise ValueError("this comparison was made without a claimed direction (expected=+1 or -1)")
+        stat = "rho" if "steps" in self else "diff"
+        groups = f", {self['n_groups']} instances" if self["n_groups"] < self["n_queries"] else ""
+        return (f"{claim}: {self['claim']} ({stat}={self['diff']:+.2f}, 95% CI [{self['ci'][0]:+.2f}, "
+                f"{self['ci'][1]:+.2f}], p={self['p']:.3f}, {self['n_queries']} queries{groups})")
 
 
 def _decide(low: float, high: float, expected: int | None) -> tuple[str, str | None]:
@@ -454,68 +485,81 @@ def _decide(low: float, high: float, expected: int | None) -> tuple[str, str | N
     return verdict, NOT_SEPARABLE
 
 
-def paired_comparison(ap_a, ap_b, expected: int | None = None, n_resamples: int = N_RESAMPLES,
+def paired_comparison(ap_a, ap_b, expected: int | None = None, groups=None, n_resamples: int = N_RESAMPLES,
                       seed: int = SEED, confidence: float = 0.95) -> PairedComparison:
     """Compare method b with method a on the same queries (per-query APs, e.g. :func:`per_query_ap`).
 
-    The mean difference b - a, its paired bootstrap interval (queries resampled with replacement,
-    ``n_resamples`` times, fixed ``seed``; percentile interval at ``confidence``) and the two-sided
-    p-value of a paired sign-flip test. Queries that either method could not evaluate (NaN) are left
-    out of both. ``verdict`` is "better" / "worse" when the interval excludes zero, "tie" otherwise.
-    ``expected`` is the direction a paper claims (+1: b above a, -1: b below a): the claim is then
-    reproduced when the interval lies on that side of zero, contradicted when it lies on the other,
-    and not separable on this data when it contains zero. Identical APs are a tie.
+    The mean difference b - a, its paired bootstrap interval (``n_resamples`` resamples with a fixed
+    ``seed``, percentile interval at ``confidence``) and the two-sided p-value of a paired sign-flip
+    test. ``groups`` (e.g. ``dataset.query_labels``) names the instance of each query: queries of one
+    instance are not independent evidence, so the groups are resampled and sign-flipped whole (a
+    cluster bootstrap); None treats every query as its own group. Queries that either method could
+    not evaluate (NaN) are left out of both. ``verdict`` is "better" / "worse" when the interval
+    excludes zero, "tie" otherwise; identical APs are a tie. ``expected`` is the direction a paper
+    claims (+1: b above a, -1: b below a): the claim is then reproduced when the interval lies on that
+    side of zero, contradicted when it lies on the other, and not separable on this data otherwise.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    a, b = _paired_rows(ap_a, ap_b)
+    (a, b), group_index = _paired_rows(ap_a, ap_b, groups=groups)
     diffs = b - a
-    means = diffs[_bootstrap_indices(len(diffs), int(n_resamples), seed)].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
-    low, high = (float(v) for v in np.percentile(means, [tail, 100 - tail]))
-    if not diffs.any():
+    if diffs.any():
+        means = _bootstrap_means(diffs, group_index, int(n_resamples), seed)
+        low, high = (float(v) for v in np.percentile(means, [tail, 100 - tail]))
+        verdict, claim = _decide(low, high, expected)
+    else:
         low = high = 0.0
-    verdict, claim = _decide(low, high, expected) if (low, high) != (0.0, 0.0) else (
-        "tie", None if expected is None else NOT_SEPARABLE)
-    return PairedComparison(diff=float(diffs.mean()), ci=(low, high), p=_sign_flip_p(diffs, int(n_resamples), seed),
-                            n_queries=int(len(diffs)), verdict=verdict, claim=claim)
+        verdict, claim = "tie", (None if expected is None else NOT_SEPARABLE)
+    return PairedComparison(diff=float(diffs.mean()), ci=(low, high),
+                            p=_sign_flip_p(diffs, group_index, int(n_resamples), seed), n_queries=int(len(diffs)),
+                            n_groups=int(group_index.max()) + 1, verdict=verdict, claim=claim)
+
+
+def _spearman_rows(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman correlation of ``x`` with every row of ``ys`` (average ranks for ties; 0 for a
+    constant row)."""
+    from scipy.stats import rankdata
+
+    rx = rankdata(x) - (len(x) + 1) / 2
+    ry = rankdata(ys, axis=-1) - (ys.shape[-1] + 1) / 2
+    denom = np.sqrt((rx ** 2).sum() * (ry ** 2).sum(axis=-1))
+    return np.divide(ry @ rx, denom, out=np.zeros(ys.shape[:-1]), where=denom > 0)
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if np.ptp(y) == 0:
-        return 0.0
-    return float(spearmanr(x, y).statistic)
+    return float(_spearman_rows(np.asarray(x, float), np.asarray(y, float)[None, :])[0])
 
 
 def trend_comparison(aps_by_point: Sequence, xs: Sequence[float] | None = None, expected: int | None = None,
-                     n_resamples: int = N_RESAMPLES, seed: int = SEED, confidence: float = 0.95) -> PairedComparison:
+                     groups=None, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                     confidence: float = 0.95) -> PairedComparison:
     """Is there a trend along a sweep (mAP against K, against depth, ...)? The rank correlation
     (Spearman) between the points' ``xs`` and their mAPs, with a bootstrap interval over queries
-    (the same resampled queries at every point, so the points stay paired) and a permutation
-    p-value (the points' order shuffled per query). ``expected`` +1 claims a rising trend, -1 a
-    falling one. Returns a :class:`PairedComparison` whose ``diff`` is the correlation (-1..1) and
-    which also holds ``steps``: the paired comparison of each point with the one before."""
-    rows = _paired_rows(*aps_by_point)                     # points x queries
+    (the same resampled queries, or instance ``groups``, at every point, so the points stay paired)
+    and a permutation p-value (the points' order shuffled per query). ``expected`` +1 claims a rising
+    trend, -1 a falling one. Returns a :class:`PairedComparison` whose ``diff`` is the correlation
+    (-1..1), ``verdict`` "rising", "falling" or "no trend", and ``steps`` the paired comparison of
+    each point with the one before."""
+    rows, group_index = _paired_rows(*aps_by_point, groups=groups)     # points x queries
     n_points, n_queries = rows.shape
     if n_points < 3:
         raise ValueError("a trend needs at least 3 points; compare two with paired_comparison")
     xs = np.arange(n_points, dtype=float) if xs is None else np.asarray(xs, dtype=float)
     rho = _spearman(xs, rows.mean(axis=1))
-    idx = _bootstrap_indices(n_queries, int(n_resamples), seed)
-    boot = np.array([_spearman(xs, rows[:, i].mean(axis=1)) for i in idx])
+    boot_maps = _bootstrap_means(rows, group_index, int(n_resamples), seed)      # points x resamples
+    boot = _spearman_rows(xs, boot_maps.T)
     tail = 100 * (1 - confidence) / 2
     low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
     rng = np.random.default_rng(seed + 1)
     n_perm = min(int(n_resamples), 2000)
-    perm = np.empty(n_perm)
-    for k in range(n_perm):
-        shuffled = np.take_along_axis(rows, np.argsort(rng.random(rows.shape), axis=0), axis=0)
-        perm[k] = _spearman(xs, shuffled.mean(axis=1))
+    shuffled = np.stack([np.take_along_axis(rows, np.argsort(rng.random(rows.shape), axis=0), axis=0).mean(axis=1)
+                         for _ in range(n_perm)])
+    perm = _spearman_rows(xs, shuffled)
     p = float((np.count_nonzero(np.abs(perm) >= abs(rho) - 1e-12) + 1) / (n_perm + 1))
     verdict, claim = _decide(low, high, expected)
     verdict = {"better": "rising", "worse": "falling", "tie": "no trend"}[verdict]
-    steps = [paired_comparison(rows[i - 1], rows[i], n_resamples=n_resamples, seed=seed) for i in range(1, n_points)]
-    return PairedComparison(diff=rho, ci=(low, high), p=p, n_queries=int(n_queries), verdict=verdict,
-                            claim=claim, steps=steps)
+    steps = [paired_comparison(rows[i - 1], rows[i], groups=group_index, n_resamples=n_resamples, seed=seed)
+             for i in range(1, n_points)]
+    return PairedComparison(diff=rho, ci=(low, high), p=p, n_queries=int(n_queries),
+                            n_groups=int(group_index.max()) + 1, verdict=verdict, claim=claim, steps=steps)

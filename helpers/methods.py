@@ -155,8 +155,8 @@ def make_method(name: str, backbone, image_size: int, **options) -> RetrievalMet
 
 
 def default_image_size(dataset_name: str) -> int:
-    """640 px for the demo sets (their images are at most 640 px), 1024 px for real benchmarks."""
-    return 640 if dataset_name.startswith("demo") else 1024
+    """512 px for the demo sets (their images are 512 px on the long side), 1024 px for real benchmarks."""
+    return 512 if dataset_name.startswith("demo") else 1024
 
 
 def evaluate_method(dataset_name: str, backbone_name: str = "efficientnet_lite0", method_name: str = "gem",
@@ -218,7 +218,8 @@ def compare_methods(dataset_name: str, method_names, backbone_name: str = "effic
     """Evaluate several methods on the same queries and compare each with the first.
 
     Returns ``{"results": {method: result dict}, "comparisons": {method: PairedComparison}}`` (every
-    method but the first against the first, on the headline protocol: medium on revisited data).
+    method but the first against the first, on the headline protocol: medium on revisited data;
+    queries of one instance, where the dataset names them, are resampled together).
     """
     from .evaluate import paired_comparison, per_query_ap
 
@@ -229,6 +230,7 @@ def compare_methods(dataset_name: str, method_names, backbone_name: str = "effic
     results = {name: evaluate_method(dataset_name, backbone_name, name, image_size, train_dataset, **spread[name])
                for name in method_names}
     first = method_names[0]
-    comparisons = {name: paired_comparison(per_query_ap(results[first]), per_query_ap(results[name]))
+    groups = results[first].get("query_labels")  # queries of one instance are resampled together
+    comparisons = {name: paired_comparison(per_query_ap(results[first]), per_query_ap(results[name]), groups=groups)
                    for name in method_names[1:]}
     return {"results": results, "comparisons": comparisons}

@@ -28,21 +28,30 @@ similarity above ``t`` to 1, i.e. the low layer re-ranks the high layer's list o
 
 Conv-layer encodings (Sec. 4.1). The paper encodes a conv map as a bag of words (BoW) of its
 local ``C``-dimensional activation vectors over a vocabulary learned with approximate k-means on
-4 M local features (50 K - 100 K words). Here :func:`learn_vocabulary` uses scikit-learn's
-``MiniBatchKMeans`` on local features of the *training* dataset (``default_train_dataset``), never
-on the evaluated one, with a vocabulary sized for the small demo sets; :func:`bow_encode` builds the
-tf-idf histograms. The lighter default is a pooled vector (``helpers.pooling``, R-MAC by default).
+4 M local features (50 K - 100 K words). Here :func:`learn_layer_vocabulary` learns the words
+(k-means of :mod:`helpers.bow`) and their idf on local features of the *training* dataset
+(``default_train_dataset``), never on the evaluated one, with a vocabulary sized for the small demo
+sets; :func:`bow_encode` builds the tf-idf vectors. The lighter default is a pooled vector
+(``helpers.pooling``, R-MAC by default).
+
+Similarities are cosines: every layer's descriptors are l2-normalised (:func:`helpers.pooling.l2n_np`),
+so a layer's similarity matrix is ``db @ q.T``. Evaluation and rankings are the core's
+(:func:`helpers.evaluate.evaluate_scores`, :func:`helpers.evaluate.ranks_from_scores`).
 """
 from __future__ import annotations
 
 import math
-import warnings
+import typing
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
+from . import bow
+from .evaluate import evaluate_scores, per_query_ap
 from .methods import RetrievalMethod, register_method
+from .options import choice, positive_int
+from .pooling import POOLINGS, l2n_np
 
 __all__ = [
     "PAPER_LAYERS",
@@ -51,26 +60,25 @@ __all__ = [
     "PAPER_TWO_LAYER_EXPONENT",
     "PAPER_THREE_LAYER_THRESHOLDS",
     "PAPER_THREE_LAYER_EXPONENTS",
+    "PAPER_LAYER_PAIRS",
+    "ONE_FC_LAYER_PAIR",
+    "FUSIONS",
+    "CONV_ENCODINGS",
     "mapping_function",
     "concatenation_similarity",
     "fused_similarity",
-    "cosine_similarity",
     "paper_parameters",
     "rerank_by_low_layer",
-    "ranks_from_similarity",
     "sample_local_features",
-    "learn_vocabulary",
+    "learn_layer_vocabulary",
     "BowVocabulary",
     "bow_histograms",
     "bow_encode",
     "is_vector_tap",
     "stage_first_taps",
     "paper_layer_map",
-    "default_layers",
-    "headline_metrics",
-    "evaluate_similarity",
+    "paper_layer_roles",
     "fusion_grid",
-    "per_query_ap",
     "most_changed_query",
     "two_layer_combinations",
     "three_layer_combinations",
@@ -190,7 +198,8 @@ def mapping_function(similarity, threshold: float, exponent: float) -> np.ndarra
     return out
 
 
-def _as_layer_list(layer_similarities) -> list[np.ndarray]:
+def _as_similarity_list(layer_similarities) -> list[np.ndarray]:
+    """The per-layer similarity arrays as float64 arrays, checked to be one or more of one shape."""
     if isinstance(layer_similarities, np.ndarray) and layer_similarities.ndim < 1:
         raise ValueError("layer_similarities must hold one similarity array per layer")
     sims = [np.asarray(s, dtype=np.float64) for s in layer_similarities]
@@ -209,7 +218,7 @@ def concatenation_similarity(layer_similarities: Sequence) -> np.ndarray:
 
     ``layer_similarities`` is a sequence of ``C`` arrays of equal shape (e.g. ``n_db x n_q``).
     """
-    sims = _as_layer_list(layer_similarities)
+    sims = _as_similarity_list(layer_similarities)
     return np.sum(np.stack(sims, axis=0), axis=0)
 
 
@@ -227,7 +236,7 @@ def fused_similarity(layer_similarities: Sequence, thresholds: Sequence[float],
         use lower thresholds) and sets ``t_C = 1``; with ``check_order`` (default) a violated order
         raises ``ValueError``. ``t_C`` is not forced to 1, so that eq. (2) stays general.
     """
-    sims = _as_layer_list(layer_similarities)
+    sims = _as_similarity_list(layer_similarities)
     thresholds = [float(t) for t in thresholds]
     exponents = [float(p) for p in exponents]
     if len(thresholds) != len(sims) or len(exponents) != len(sims):
@@ -240,30 +249,6 @@ def fused_similarity(layer_similarities: Sequence, thresholds: Sequence[float],
                          f"(t_1 <= ... <= t_C, Sec. 3.1), got {thresholds}; pass layers high to low")
     return np.sum(np.stack([mapping_function(s, t, p)
                             for s, t, p in zip(sims, thresholds, exponents)], axis=0), axis=0)
-
-
-def cosine_similarity(db_vectors, query_vectors) -> np.ndarray:
-    """Cosine similarities ``n_db x n_q`` between rows of ``db_vectors`` and ``query_vectors``.
-
-    Rows are l2-normalised here (rows of zeros stay zero and get similarity 0).
-    """
-    db = np.asarray(db_vectors, dtype=np.float64)
-    q = np.asarray(query_vectors, dtype=np.float64)
-    if db.ndim != 2 or q.ndim != 2:
-        raise ValueError(f"expected 2-D arrays (n x D), got shapes {db.shape} and {q.shape}")
-    if db.shape[1] != q.shape[1]:
-        raise ValueError(f"descriptor dimensions differ: db {db.shape[1]} vs query {q.shape[1]}")
-    db = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-12)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    return db @ q.T
-
-
-def ranks_from_similarity(similarity) -> np.ndarray:
-    """Database indices sorted by decreasing similarity, per query: ``n_db x n_q`` (stable sort)."""
-    s = np.asarray(similarity, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"expected an n_db x n_q similarity matrix, got shape {s.shape}")
-    return np.argsort(-s, axis=0, kind="stable")
 
 
 def rerank_by_low_layer(high_similarity, low_similarity, threshold: float) -> np.ndarray:
@@ -307,9 +292,7 @@ def _local_features(feature_map, normalize: bool) -> np.ndarray:
     if fmap.ndim != 3:
         raise ValueError(f"expected a C x H x W conv map, got shape {fmap.shape}")
     local = fmap.reshape(fmap.shape[0], -1).T.astype(np.float32)
-    if normalize:
-        local = local / np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
-    return local
+    return l2n_np(local) if normalize else local
 
 
 def sample_local_features(feature_maps: Iterable, n_per_image: int = 200, seed: int = 0,
@@ -320,8 +303,7 @@ def sample_local_features(feature_maps: Iterable, n_per_image: int = 200, seed: 
     of a conv map is one local feature; with ``normalize`` each is l2-normalised first (so that the
     k-means distance compares activation patterns, not magnitudes). Deterministic for a ``seed``.
     """
-    if n_per_image < 1:
-        raise ValueError(f"n_per_image must be >= 1, got {n_per_image}")
+    n_per_image = positive_int("n_per_image", n_per_image)
     rng = np.random.default_rng(seed)
     samples = []
     for fmap in feature_maps:
@@ -336,7 +318,8 @@ def sample_local_features(feature_maps: Iterable, n_per_image: int = 200, seed: 
 
 @dataclass
 class BowVocabulary:
-    """A visual vocabulary: ``centers`` (``K x C``), ``idf`` weights (``K``), ``normalize`` flag."""
+    """A conv layer's visual vocabulary: ``centers`` (``K x C``), ``idf`` weights (``K``, learned on the
+    training maps) and whether local features are l2-normalised before assignment (``normalize``)."""
 
     centers: np.ndarray
     idf: np.ndarray
@@ -346,70 +329,48 @@ class BowVocabulary:
     def size(self) -> int:
         return int(self.centers.shape[0])
 
-    def assign(self, local_features: np.ndarray) -> np.ndarray:
-        """Index of the nearest visual word for each row (hard assignment)."""
-        from sklearn.metrics import pairwise_distances_argmin
-
-        return pairwise_distances_argmin(np.asarray(local_features, dtype=np.float32),
-                                         self.centers.astype(np.float32))
+    def words(self, feature_map) -> np.ndarray:
+        """Visual word of each cell of a ``C x H x W`` map (hard assignment), row-major: ``H*W``."""
+        return bow.assign_words(_local_features(feature_map, self.normalize), self.centers)
 
 
-def learn_vocabulary(train_maps: Sequence, n_words: int = 512, n_per_image: int = 200,
-                     seed: int = 0, normalize: bool = True, n_init: int = 1) -> BowVocabulary:
-    """Learn a visual vocabulary with scikit-learn's ``MiniBatchKMeans`` (stands in for the
-    paper's approximate k-means, Sec. 4.1) and idf weights, both on TRAINING maps only.
+def learn_layer_vocabulary(train_maps: Sequence, n_words: int = 512, n_per_image: int = 200,
+                           seed: int = 0, normalize: bool = True, n_init: int = 1) -> BowVocabulary:
+    """Learn a conv layer's visual vocabulary and its idf weights on TRAINING maps only (Sec. 4.1).
 
     ``train_maps``: ``C x H x W`` conv maps of the training images (``default_train_dataset``).
-    ``idf_k = log(N / max(n_k, 1))`` with ``N`` training images and ``n_k`` of them containing
-    word ``k`` (standard tf-idf; the paper only says "BoW"). ``n_init`` k-means restarts (one,
-    like the paper's single AKM run; more cost proportionally more time).
+    Words: k-means (:func:`helpers.bow.learn_vocabulary`, mini-batches of ``4 * n_words``) of
+    ``n_per_image`` local features sampled per map (:func:`sample_local_features`). idf: of the
+    training maps, with ``unseen="rarest"`` (:func:`helpers.bow.idf_weights` says why; the paper
+    only says "BoW"). ``n_init`` k-means restarts.
     """
-    from sklearn.cluster import MiniBatchKMeans
-
     train_maps = list(train_maps)
-    if n_words < 2:
-        raise ValueError(f"n_words must be >= 2, got {n_words}")
-    local = sample_local_features(train_maps, n_per_image=n_per_image, seed=seed,
-                                  normalize=normalize)
+    n_words = positive_int("n_words", n_words, minimum=2)
+    local = sample_local_features(train_maps, n_per_image=n_per_image, seed=seed, normalize=normalize)
     if len(local) < n_words:
         raise ValueError(f"only {len(local)} local features sampled from {len(train_maps)} training "
                          f"maps, fewer than n_words={n_words}; lower n_words or raise n_per_image")
-    if n_init < 1:
-        raise ValueError(f"n_init must be >= 1, got {n_init}")
-    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=int(n_init),
-                             batch_size=max(1024, 4 * n_words))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # memory-leak note on Windows/MKL
-        kmeans.fit(local)
-    vocab = BowVocabulary(centers=kmeans.cluster_centers_.astype(np.float32),
-                          idf=np.ones(n_words), normalize=normalize)
-    counts = bow_histograms(train_maps, vocab)
-    n_containing = (counts > 0).sum(axis=0)
-    vocab.idf = np.log(len(train_maps) / np.maximum(n_containing, 1))
+    centers = bow.learn_vocabulary(local, n_words, seed=seed, batch_size=max(1024, 4 * n_words), n_init=n_init)
+    vocab = BowVocabulary(centers=centers, idf=np.ones(n_words), normalize=normalize)
+    vocab.idf = bow.idf_weights(_word_counts(train_maps, vocab), unseen="rarest")
     return vocab
 
 
+def _word_counts(feature_maps: Iterable, vocabulary: BowVocabulary):
+    return bow.word_counts([vocabulary.words(fmap) for fmap in feature_maps], vocabulary.size)
+
+
 def bow_histograms(feature_maps: Iterable, vocabulary: BowVocabulary) -> np.ndarray:
-    """Raw word counts ``N x K`` of each map's local features (hard assignment)."""
-    rows = []
-    for fmap in feature_maps:
-        words = vocabulary.assign(_local_features(fmap, vocabulary.normalize))
-        rows.append(np.bincount(words, minlength=vocabulary.size).astype(np.float64))
-    if not rows:
-        return np.zeros((0, vocabulary.size))
-    return np.stack(rows, axis=0)
+    """Raw word counts ``N x K`` (float64) of each map's local features (hard assignment)."""
+    return _word_counts(feature_maps, vocabulary).toarray()
 
 
 def bow_encode(feature_maps: Iterable, vocabulary: BowVocabulary) -> np.ndarray:
-    """BoW descriptors ``N x K`` (float32): term frequencies times idf, l2-normalised (Sec. 4.1).
+    """BoW descriptors ``N x K`` (float32): l2-normalised tf-idf vectors (Sec. 4.1, :func:`helpers.bow.tfidf`).
 
     All entries are non-negative, so cosine similarities lie in ``[0, 1]`` as the paper assumes.
     """
-    counts = bow_histograms(feature_maps, vocabulary)
-    tf = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-    desc = tf * vocabulary.idf[None, :]
-    desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
-    return desc.astype(np.float32)
+    return bow.tfidf(_word_counts(feature_maps, vocabulary), vocabulary.idf).toarray().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,23 +427,25 @@ def paper_layer_map(backbone) -> dict[str, str]:
     return out
 
 
-#: The paper's two-layer choice per backbone (Table 8): fc2 + conv4 for AlexNet, fc1 + c5_1 for
-#: VGG16. Other backbones (one fully-connected layer) use fc2 + conv5_1, following VGG16.
-PAPER_DEFAULT_LAYERS = {"alexnet": ("fc2", "conv4_1"), "vgg16": ("fc1", "conv5_1")}
-DEFAULT_LAYERS = ("fc2", "conv5_1")
+#: The paper's two-layer choice per backbone (Table 8), as paper layer names (roles): fc2 + conv4
+#: for AlexNet, fc1 + c5_1 for VGG16.
+PAPER_LAYER_PAIRS = {"alexnet": ("fc2", "conv4_1"), "vgg16": ("fc1", "conv5_1")}
+#: The pair for backbones with one fully-connected layer (no fc1): fc2 + conv5_1, following VGG16.
+ONE_FC_LAYER_PAIR = ("fc2", "conv5_1")
 
 
-def default_layers(backbone_name: str) -> tuple[str, ...]:
-    """The paper's default two-layer combination for a backbone, high layer first."""
-    return PAPER_DEFAULT_LAYERS.get(backbone_name, DEFAULT_LAYERS)
+def paper_layer_roles(backbone_name: str) -> tuple[str, ...]:
+    """The paper's two-layer combination for a backbone as paper layer names (roles, mapped to taps
+    by :func:`paper_layer_map`), high layer first: the method's default ``layers``."""
+    return PAPER_LAYER_PAIRS.get(backbone_name, ONE_FC_LAYER_PAIR)
 
 
 # --------------------------------------------------------------------------------------------------
 # Evaluation helpers for the notebook (grids of t and p, per-metric summaries).
 # --------------------------------------------------------------------------------------------------
 
-def headline_metrics(results: dict) -> dict[str, float]:
-    """The numbers to tabulate from :func:`helpers.evaluate.evaluate_scores`'s results:
+def _table_metrics(results: dict) -> dict[str, float]:
+    """The columns of this module's tables, from :func:`helpers.evaluate.evaluate_scores`'s results:
     ``mAP_E``, ``mAP_M``, ``mAP_H`` (revisited protocol), else ``mAP`` (and ``NS`` for UKBench)."""
     if all(f"mAP_{s}" in results for s in "EMH"):
         return {f"mAP_{s}": float(results[f"mAP_{s}"]) for s in "EMH"}
@@ -492,26 +455,15 @@ def headline_metrics(results: dict) -> dict[str, float]:
     return out
 
 
-def evaluate_similarity(dataset, similarity) -> dict[str, float]:
-    """:func:`headline_metrics` of a ``n_db x n_q`` similarity matrix on ``dataset``."""
-    from .evaluate import evaluate_scores
-
-    return headline_metrics(evaluate_scores(dataset, similarity))
-
-
-def per_query_ap(dataset, similarity) -> np.ndarray:
-    """Average precision of every query (percent; the Medium setting on revisited datasets)."""
-    from .evaluate import evaluate_scores
-
-    results = evaluate_scores(dataset, similarity)
-    key = "AP_per_query_M" if "AP_per_query_M" in results else "AP_per_query"
-    return np.asarray(results[key], dtype=np.float64)
+def _table_row(dataset, similarity) -> dict[str, float]:
+    return _table_metrics(evaluate_scores(dataset, similarity))
 
 
 def most_changed_query(dataset, reference_similarity, new_similarity) -> tuple[int, float]:
     """Query whose AP gains most from ``reference`` to ``new`` (the largest loss if none gains):
     ``(query index, AP difference)``. Ties go to the lowest index; queries without AP are skipped."""
-    gain = per_query_ap(dataset, new_similarity) - per_query_ap(dataset, reference_similarity)
+    gain = (per_query_ap(evaluate_scores(dataset, new_similarity))
+            - per_query_ap(evaluate_scores(dataset, reference_similarity)))
     gain = np.where(np.isfinite(gain), gain, np.nan)
     if np.all(np.isnan(gain)):
         raise ValueError("no query has an average precision (no positives)")
@@ -534,7 +486,7 @@ def fusion_grid(dataset, high_similarity, low_similarity, thresholds: Sequence[f
     for a, t in enumerate(thresholds):
         for b, p in enumerate(exponents):
             fused = fused_similarity([high_similarity, low_similarity], (t, 1.0), (p, 1.0))
-            for name, value in evaluate_similarity(dataset, fused).items():
+            for name, value in _table_row(dataset, fused).items():
                 grid.setdefault(name, np.full((len(thresholds), len(exponents)), np.nan))[a, b] = value
     return grid
 
@@ -560,7 +512,7 @@ def conv_pairs(roles: Sequence[str]) -> list[tuple[str, str]]:
 
 def single_layer_rows(dataset, similarities: dict[str, np.ndarray]) -> list[dict]:
     """Table 1 / 5: one row per layer, ``{"layer": name, metric: value, ...}``."""
-    return [{"layer": name, **evaluate_similarity(dataset, sim)}
+    return [{"layer": name, **_table_row(dataset, sim)}
             for name, sim in similarities.items()]
 
 
@@ -575,8 +527,8 @@ def combination_rows(dataset, similarities: dict[str, np.ndarray],
     for combo in combinations:
         sims = [similarities[name] for name in combo]
         thresholds, exponents = paper_parameters(len(combo))
-        concat = evaluate_similarity(dataset, concatenation_similarity(sims))
-        fused = evaluate_similarity(dataset, fused_similarity(sims, thresholds, exponents))
+        concat = _table_row(dataset, concatenation_similarity(sims))
+        fused = _table_row(dataset, fused_similarity(sims, thresholds, exponents))
         row = {"layers": "+".join(combo)}
         row.update({f"concat {k}": v for k, v in concat.items()})
         row.update({f"fused {k}": v for k, v in fused.items()})
@@ -608,6 +560,62 @@ def _as_tuple(values, what):
         raise ValueError(f"{what} must be a number or a sequence of numbers, got {values!r}") from exc
 
 
+def _role_taps(backbone, roles: Sequence[str]) -> tuple[str, ...]:
+    """The backbone taps of ``roles`` (paper layer names or tap names), checked to go high to low."""
+    table = paper_layer_map(backbone)
+    taps = []
+    for role in roles:
+        if role in table:
+            taps.append(table[role])
+        elif role in backbone.all_taps or role == "last_conv":
+            taps.append(backbone.resolve(role))
+        else:
+            missing = (PAPER_LAYERS.get(backbone.name, {}).get(role, "?") is None)
+            hint = (f" ({backbone.name} has no {role}: it has one fully-connected layer)"
+                    if missing else "")
+            raise ValueError(f"unknown layer {role!r} for backbone {backbone.name!r}{hint}; use one "
+                             f"of the paper's names {list(table)} or a tap {backbone.all_taps}")
+    depths = [_depth(backbone, tap) for tap in taps]
+    if any(a <= b for a, b in zip(depths, depths[1:])):
+        order = [r for _, r in sorted(zip(depths, roles), reverse=True)]
+        raise ValueError(f"layers must go from the highest to the lowest (the thresholds t_1 <= ... "
+                         f"<= t_C follow that order, Sec. 3.1): got {list(roles)}, use {order}")
+    return tuple(taps)
+
+
+def _layer_parameters(n_layers: int, thresholds, exponents, t, p) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(thresholds, exponents)`` of ``n_layers`` layers: the given ones, else the paper's
+    (:func:`paper_parameters`, 1 to 3 layers), with the highest layer's replaced by ``t`` / ``p``.
+    Checked here, so that a bad value stops the method's creation rather than its search."""
+    if thresholds is None or exponents is None:
+        if n_layers > 3:
+            missing = "thresholds" if thresholds is None else "exponents"
+            raise ValueError(f"give {missing}=... for {n_layers} layers (the paper sets 1 to 3)")
+        default_t, default_p = paper_parameters(n_layers)
+        thresholds = default_t if thresholds is None else thresholds
+        exponents = default_p if exponents is None else exponents
+    thresholds, exponents = list(_as_tuple(thresholds, "thresholds")), list(_as_tuple(exponents, "exponents"))
+    if t is not None:
+        thresholds[0] = float(t)
+    if p is not None:
+        exponents[0] = float(p)
+    if len(thresholds) != n_layers or len(exponents) != n_layers:
+        raise ValueError(f"need one threshold and one exponent per layer: {n_layers} layers, "
+                         f"thresholds {thresholds}, exponents {exponents}")
+    fused_similarity([np.zeros(1)] * n_layers, thresholds, exponents)  # raises with the reason
+    return tuple(thresholds), tuple(exponents)
+
+
+#: ``fusion`` option: eq. (2)-(3) or direct concatenation, eq. (1).
+Fusion = Literal["mapping", "concat"]
+FUSIONS = typing.get_args(Fusion)
+#: ``conv_encoding`` option: a pooled vector (light) or the paper's bag of words (Sec. 4.1).
+ConvEncoding = Literal["pooled", "bow"]
+CONV_ENCODINGS = typing.get_args(ConvEncoding)
+#: ``pooling`` option: a name of ``helpers.pooling.POOLINGS`` (tests check that the two agree).
+PoolingName = Literal["mac", "spoc", "gem", "rmac", "crow"]
+
+
 @register_method("multilayer")
 class MultiLayerFusion(RetrievalMethod):
     """Multi-layer similarity fusion, registered as ``"multilayer"`` (paper 002).
@@ -617,7 +625,7 @@ class MultiLayerFusion(RetrievalMethod):
     layers : sequence of str or "a,b,..."
         Layers from HIGH to LOW, as the paper's names (``fc1``, ``fc2``, ``conv5_1``, ``conv4_1``,
         ``conv3_1``, mapped by :func:`paper_layer_map`) or raw tap names of the backbone. Default:
-        the paper's two-layer choice (:func:`default_layers`).
+        the paper's two-layer choice (:func:`paper_layer_roles`).
     thresholds, exponents : sequences (one per layer)
         ``t_i`` and ``p_i`` of eq. (3). Default: :func:`paper_parameters` (``t = 0.2, p = 0.45`` on
         the high layer of a pair, ``t = 1`` on the lowest layer).
@@ -637,73 +645,24 @@ class MultiLayerFusion(RetrievalMethod):
     fc layers are used directly (l2-normalised); similarities are cosine similarities per layer.
     """
 
-    def __init__(self, backbone, image_size, layers=None, thresholds=None, exponents=None,
-                 t=None, p=None, fusion: str = "mapping", conv_encoding: str = "pooled",
-                 pooling: str = "rmac", n_words: int = 512, n_per_image: int = 200, seed: int = 0,
-                 **unknown_options):
-        super().__init__(backbone, image_size, **unknown_options)  # ValueError naming unknown options
-        from .pooling import POOLINGS
-
-        roles = _parse_layers(layers if layers is not None else default_layers(backbone.name))
-        table = paper_layer_map(backbone)
-        taps = []
-        for role in roles:
-            if role in table:
-                taps.append(table[role])
-            elif role in backbone.all_taps or role == "last_conv":
-                taps.append(backbone.resolve(role))
-            else:
-                missing = (PAPER_LAYERS.get(backbone.name, {}).get(role, "?") is None)
-                hint = (f" ({backbone.name} has no {role}: it has one fully-connected layer)"
-                        if missing else "")
-                raise ValueError(f"unknown layer {role!r} for backbone {backbone.name!r}{hint}; use one "
-                                 f"of the paper's names {list(table)} or a tap {backbone.all_taps}")
-        depths = [_depth(backbone, tap) for tap in taps]
-        if any(a <= b for a, b in zip(depths, depths[1:])):
-            order = [r for _, r in sorted(zip(depths, roles), reverse=True)]
-            raise ValueError(f"layers must go from the highest to the lowest (the thresholds t_1 <= ... "
-                             f"<= t_C follow that order, Sec. 3.1): got {list(roles)}, use {order}")
-        self.roles = roles
-        self.taps = tuple(taps)
+    def __init__(self, backbone, image_size, layers: str | tuple[str, ...] | None = None,
+                 thresholds: tuple[float, ...] | None = None, exponents: tuple[float, ...] | None = None,
+                 t: float | None = None, p: float | None = None, fusion: Fusion = "mapping",
+                 conv_encoding: ConvEncoding = "pooled", pooling: PoolingName = "rmac", n_words: int = 512,
+                 n_per_image: int = 200, seed: int = 0):
+        super().__init__(backbone, image_size)
+        self.roles = _parse_layers(layers if layers is not None else paper_layer_roles(backbone.name))
+        self.taps = _role_taps(backbone, self.roles)
         self.layers = self.taps
-
-        default_t, default_p = (paper_parameters(len(roles)) if len(roles) <= 3
-                                else (None, None))
-        if thresholds is None:
-            if default_t is None:
-                raise ValueError(f"give thresholds=... for {len(roles)} layers (the paper sets 1 to 3)")
-            thresholds = default_t
-        if exponents is None:
-            if default_p is None:
-                raise ValueError(f"give exponents=... for {len(roles)} layers (the paper sets 1 to 3)")
-            exponents = default_p
-        thresholds, exponents = list(_as_tuple(thresholds, "thresholds")), list(_as_tuple(exponents, "exponents"))
-        if t is not None:
-            thresholds[0] = float(t)
-        if p is not None:
-            exponents[0] = float(p)
-        if len(thresholds) != len(roles) or len(exponents) != len(roles):
-            raise ValueError(f"need one threshold and one exponent per layer: layers {list(roles)}, "
-                             f"thresholds {thresholds}, exponents {exponents}")
-        # validate now (raises ValueError with the reason), not at search time
-        fused_similarity([np.zeros(1)] * len(roles), thresholds, exponents)
-        self.thresholds = tuple(thresholds)
-        self.exponents = tuple(exponents)
-
-        if fusion not in ("mapping", "concat"):
-            raise ValueError(f"fusion must be 'mapping' (eq. 2-3) or 'concat' (eq. 1), got {fusion!r}")
-        self.fusion = fusion
-        if conv_encoding not in ("pooled", "bow"):
-            raise ValueError(f"conv_encoding must be 'pooled' or 'bow', got {conv_encoding!r}")
-        self.conv_encoding = conv_encoding
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
-        self.pooling = pooling
-        self.n_words = int(n_words)
-        self.n_per_image = int(n_per_image)
-        self.seed = int(seed)
+        self.thresholds, self.exponents = _layer_parameters(len(self.roles), thresholds, exponents, t, p)
+        self.fusion = choice("fusion", fusion, FUSIONS)
+        self.conv_encoding = choice("conv_encoding", conv_encoding, CONV_ENCODINGS)
+        self.pooling = choice("pooling", pooling, tuple(POOLINGS))
+        self.n_words = positive_int("n_words", n_words, minimum=2)
+        self.n_per_image = positive_int("n_per_image", n_per_image)
+        self.seed = positive_int("seed", seed, minimum=0)
         self.vocabularies: dict[str, BowVocabulary] = {}
-        self.needs_training = conv_encoding == "bow" and any(
+        self.needs_training = self.conv_encoding == "bow" and any(
             not is_vector_tap(backbone, tap) for tap in self.taps)
 
     # ------------------------------------------------------------------ training (BoW only)
@@ -718,15 +677,14 @@ class MultiLayerFusion(RetrievalMethod):
         prefetch(train_dataset, self.backbone, self.image_size, "db", map_layers=todo)
         for tap in todo:
             maps = extract_maps(train_dataset, self.backbone, [tap], self.image_size, "db")[tap]
-            self.vocabularies[tap] = learn_vocabulary(maps, n_words=self.n_words,
-                                                      n_per_image=self.n_per_image, seed=self.seed)
+            self.vocabularies[tap] = learn_layer_vocabulary(maps, n_words=self.n_words,
+                                                            n_per_image=self.n_per_image, seed=self.seed)
         return self
 
     # ------------------------------------------------------------------ descriptors
     def layer_vectors(self, dataset, split: str, tap: str) -> np.ndarray:
         """l2-normalised descriptors ``N x D`` of one tap: fc output directly, conv map encoded."""
         from .features import extract_maps, extract_vectors
-        from .whitening import l2n_np
 
         if is_vector_tap(self.backbone, tap):
             vectors = extract_maps(dataset, self.backbone, [tap], self.image_size, split)[tap]
@@ -753,8 +711,11 @@ class MultiLayerFusion(RetrievalMethod):
 
     # ------------------------------------------------------------------ scoring
     def layer_similarities(self, query_desc, db_desc) -> list[np.ndarray]:
-        """Per-layer cosine similarities ``n_db x n_q``, highest layer first."""
-        return [cosine_similarity(db_desc[tap], query_desc[tap]) for tap in self.taps]
+        """Per-layer cosine similarities ``n_db x n_q``, highest layer first: ``db @ q.T`` of the
+        l2-normalised descriptors of :meth:`describe`, in float64 like the fusion's arithmetic (eq. 3
+        compresses the similarities above ``t``, where float32 rounding would tie more of them)."""
+        return [np.asarray(db_desc[tap], np.float64) @ np.asarray(query_desc[tap], np.float64).T
+                for tap in self.taps]
 
     def fuse(self, layer_similarities) -> np.ndarray:
         """Eq. (2)-(3) (``fusion="mapping"``) or eq. (1) (``fusion="concat"``)."""

@@ -5,7 +5,7 @@ The method has two stages:
 
 1. **First stage (sec. 3.2.4)**: a bag of visual words on local descriptors (the paper uses SURF,
    which scikit-image does not offer; we use scikit-image's SIFT), a k-means vocabulary and a TF-IDF
-   inverted file return the top ``N`` database images for a query.
+   inverted file (:mod:`helpers.bow`) return the top ``N`` database images for a query.
 2. **Re-ranking (sec. 3.2.1-3.2.4)**: each image is described by a small set of *regions of
    interest* (RoIs) found in its last convolutional feature maps (CFMs):
 
@@ -45,21 +45,25 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+import typing
+from typing import Callable, Literal, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torchvision.ops import nms, roi_align, roi_pool
 
+from helpers import bow
 from helpers.cache import atomic_write, cache_root, read_entry
-from helpers.features import db_alias, split_images
+from helpers.features import db_alias, load_split_image, split_images
 from helpers.methods import RetrievalMethod, register_method
+from helpers.options import choice, fraction, parse_bool, positive_int
+from helpers.pooling import l2n_np
 
 #: Base-region IoU above which the lower-ranked region is dropped (sec. 3.2.2: "T_IOU is set to 95%").
 T_IOU = 0.95
 #: Features a RoI can be described by: classifier penultimate layer on the crop, or pooled CFMs.
-ROI_FEATURES = ("fc", "max", "sum")
+RoIFeature = Literal["fc", "max", "sum"]
+ROI_FEATURES = typing.get_args(RoIFeature)
 #: RoIs per training image (plus the whole image) on which the PCA-whitening is learned.
 WHITENING_ROIS = 20
 
@@ -90,24 +94,6 @@ def _check_boxes(boxes, allow_empty_boxes: bool = False) -> torch.Tensor:
     return boxes
 
 
-def _check_fraction(name: str, value, low_open=False, high=1.0) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    ok = (value > 0 if low_open else value >= 0) and value <= high and math.isfinite(value)
-    if not ok:
-        lo = "(0" if low_open else "[0"
-        raise ValueError(f"{name} must lie in {lo}, {high}], got {value}")
-    return value
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # 3.2.1 Base regions from binarised CFMs
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +108,7 @@ def binarize_feature_maps(fmap: torch.Tensor, threshold: float = 0.0) -> torch.T
     strongest responses. Returns a bool tensor ``C x H x W``.
     """
     fmap = _check_map(fmap)
-    threshold = _check_fraction("threshold", threshold, high=1.0)
+    threshold = fraction("threshold", threshold, high=1.0)
     if threshold >= 1.0:
         raise ValueError("threshold must be below 1 (no cell is strictly above its channel's maximum)")
     fmap = fmap.float()
@@ -201,7 +187,7 @@ def region_filter_mask(boxes: torch.Tensor, map_hw: tuple[int, int], t_min: floa
     on the image). Returns bool ``K``.
     """
     boxes = _check_boxes(boxes)
-    t_min = _check_fraction("t_min", t_min, high=1.0)
+    t_min = fraction("t_min", t_min, high=1.0)
     try:
         t_rate = float(t_rate)
     except (TypeError, ValueError):
@@ -228,8 +214,8 @@ def select_rois(boxes: torch.Tensor, scores: torch.Tensor, k: int, t_iou: float 
     for a smaller ``k`` is a prefix of the one for a larger ``k``.
     """
     boxes = _check_boxes(boxes)
-    k = _check_positive_int("k", k)
-    t_iou = _check_fraction("t_iou", t_iou, low_open=True)
+    k = positive_int("k", k)
+    t_iou = fraction("t_iou", t_iou, low_open=True)
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.shape != (boxes.shape[0],):
         raise ValueError(f"need one score per box: scores {tuple(scores.shape)}, boxes {tuple(boxes.shape)}")
@@ -382,7 +368,8 @@ def image_similarity(codes_a, codes_b) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3.2.4 First stage: bag of visual words with a TF-IDF inverted file
+# 3.2.4 First stage: SIFT descriptors; their bag of visual words is helpers.bow's (a k-means
+# vocabulary and a TF-IDF inverted file)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -400,11 +387,11 @@ class SiftParams:
     c_dog: float = 0.04 / 3
 
     def __post_init__(self):
-        _check_positive_int("max_side", self.max_side)
-        _check_positive_int("max_keypoints", self.max_keypoints)
+        positive_int("max_side", self.max_side)
+        positive_int("max_keypoints", self.max_keypoints)
         if self.upsampling not in (1, 2, 4):
             raise ValueError(f"upsampling must be 1, 2 or 4, got {self.upsampling!r}")
-        _check_positive_int("n_octaves", self.n_octaves)
+        positive_int("n_octaves", self.n_octaves)
 
 
 def sift_descriptors(image: np.ndarray, params: SiftParams = SiftParams()) -> np.ndarray:
@@ -438,105 +425,6 @@ def sift_descriptors(image: np.ndarray, params: SiftParams = SiftParams()) -> np
     return desc
 
 
-def learn_vocabulary(descriptors: np.ndarray, n_words: int, seed: int = 0,
-                     max_descriptors: int = 100_000) -> np.ndarray:
-    """k-means visual vocabulary (``n_words x 128``) with scikit-learn's ``MiniBatchKMeans``.
-
-    Learn it on a training set, never on the evaluated one. At most ``max_descriptors`` descriptors
-    (a seeded random subset) are used.
-    """
-    from sklearn.cluster import MiniBatchKMeans
-    from threadpoolctl import threadpool_limits
-
-    n_words = _check_positive_int("n_words", n_words)
-    descriptors = np.asarray(descriptors, dtype=np.float32)
-    if descriptors.ndim != 2:
-        raise ValueError(f"descriptors must be n x d, got shape {descriptors.shape}")
-    if descriptors.shape[0] < n_words:
-        raise ValueError(f"cannot learn {n_words} visual words from {descriptors.shape[0]} descriptors; "
-                         "lower the vocabulary size or use a larger training set")
-    rng = np.random.default_rng(seed)
-    if descriptors.shape[0] > max_descriptors:
-        descriptors = descriptors[np.sort(rng.choice(descriptors.shape[0], max_descriptors, replace=False))]
-    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=1,
-                             batch_size=max(1024, 3 * n_words))
-    # Mini-batches are small: OpenMP threads gain little here and cost ~10x on a busy machine.
-    with threadpool_limits(limits=1):
-        kmeans.fit(descriptors)
-    return kmeans.cluster_centers_.astype(np.float32)
-
-
-def quantize(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """Index of the nearest visual word (Euclidean) of each descriptor; ``n`` int64."""
-    descriptors = np.asarray(descriptors, dtype=np.float32)
-    vocabulary = np.asarray(vocabulary, dtype=np.float32)
-    if descriptors.ndim != 2 or vocabulary.ndim != 2 or (len(descriptors) and descriptors.shape[1] != vocabulary.shape[1]):
-        raise ValueError(f"descriptors n x d and vocabulary V x d must share d: {descriptors.shape}, {vocabulary.shape}")
-    if descriptors.shape[0] == 0:
-        return np.zeros(0, np.int64)
-    words = np.empty(descriptors.shape[0], np.int64)
-    v_sq = (vocabulary.astype(np.float64) ** 2).sum(1)
-    for start in range(0, descriptors.shape[0], 4096):      # bounded memory
-        chunk = descriptors[start:start + 4096].astype(np.float64)
-        dist = v_sq[None, :] - 2.0 * chunk @ vocabulary.T.astype(np.float64)
-        words[start:start + 4096] = dist.argmin(1)
-    return words
-
-
-class InvertedFile:
-    """TF-IDF inverted file over visual words (sec. 3.2.4, first stage).
-
-    Each database image ``j`` is the vector ``v_j[w] = tf(w, j) * idf(w)``, ``tf`` = count of word
-    ``w`` in ``j`` / number of words in ``j``, ``idf(w) = log(N / n_w)`` with ``n_w`` the number of
-    database images containing ``w``, l2-normalised. The index is a ``V x N`` sparse matrix whose
-    rows are the posting lists; a query is scored by walking the posting lists of its words
-    (a sparse product), which gives the cosine similarity of the TF-IDF vectors.
-    """
-
-    def __init__(self, n_words: int):
-        self.n_words = _check_positive_int("n_words", n_words)
-        self.idf: np.ndarray | None = None
-        self.postings: sp.csr_matrix | None = None
-
-    def _counts(self, word_lists: Sequence[np.ndarray]) -> sp.csr_matrix:
-        rows, cols = [], []
-        for j, words in enumerate(word_lists):
-            words = np.asarray(words, dtype=np.int64)
-            if words.size and (words.min() < 0 or words.max() >= self.n_words):
-                raise ValueError(f"visual word ids must lie in [0, {self.n_words}), image {j} has "
-                                 f"{words.min()}..{words.max()}")
-            rows.append(np.full(words.size, j))
-            cols.append(words)
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        data = np.ones(rows.size, np.float64)
-        return sp.csr_matrix((data, (rows, cols)), shape=(len(word_lists), self.n_words))  # sums duplicates
-
-    def _tfidf(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        totals = np.asarray(counts.sum(1)).ravel()
-        tf = sp.diags(1.0 / np.maximum(totals, 1.0)) @ counts
-        vec = (tf @ sp.diags(self.idf)).tocsr()
-        norms = np.sqrt(np.asarray(vec.multiply(vec).sum(1)).ravel())
-        return (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ vec).tocsr()
-
-    def fit(self, database_words: Sequence[np.ndarray]) -> "InvertedFile":
-        """Index the database: one array of visual word ids per image."""
-        if len(database_words) == 0:
-            raise ValueError("cannot index an empty database")
-        counts = self._counts(database_words)
-        doc_freq = np.asarray((counts > 0).sum(0)).ravel()
-        self.idf = np.where(doc_freq > 0, np.log(len(database_words) / np.maximum(doc_freq, 1)), 0.0)
-        self.postings = self._tfidf(counts).T.tocsr()       # V x N: row w = posting list of word w
-        return self
-
-    def score(self, query_words: Sequence[np.ndarray]) -> np.ndarray:
-        """Cosine TF-IDF similarities, ``n_db x n_q`` (higher is better)."""
-        if self.postings is None:
-            raise RuntimeError("InvertedFile.score called before fit")
-        queries = self._tfidf(self._counts(query_words))     # n_q x V
-        return np.asarray((queries @ self.postings).T.todense(), dtype=np.float64)
-
-
 def top_candidates(scores: np.ndarray, n_candidates: int) -> np.ndarray:
     """Indices of the ``n_candidates`` best database images per query, best first (``N x n_q``).
 
@@ -545,7 +433,7 @@ def top_candidates(scores: np.ndarray, n_candidates: int) -> np.ndarray:
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be n_db x n_q, got shape {scores.shape}")
-    n_candidates = min(_check_positive_int("n_candidates", n_candidates), scores.shape[0])
+    n_candidates = min(positive_int("n_candidates", n_candidates), scores.shape[0])
     return np.argsort(-scores, axis=0, kind="stable")[:n_candidates]
 
 
@@ -616,11 +504,11 @@ def rerank_candidates(query_codes: np.ndarray, candidate_codes: Sequence[np.ndar
     if n_exhaustive is None or n_exhaustive >= n_cand:
         n_exhaustive = n_cand
     else:
-        n_exhaustive = _check_positive_int("n_exhaustive", n_exhaustive)
+        n_exhaustive = positive_int("n_exhaustive", n_exhaustive)
         if k_query is None:
             raise ValueError("fast matching needs k_query (how many query RoIs to keep)")
     if k_query is not None:
-        k_query = min(_check_positive_int("k_query", k_query), n_query)
+        k_query = min(positive_int("k_query", k_query), n_query)
     sims, best, pairs, nearest = _match_block(query_codes, candidate_codes[:n_exhaustive])
     if n_exhaustive == n_cand:
         return RerankOutcome(sims, pairs, np.arange(n_query), best)
@@ -727,15 +615,6 @@ def _unpack(flat: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
-def load_split_image(dataset, split: str, index: int, max_side: int | None) -> np.ndarray:
-    """Image ``index`` of a split as the backbone saw it (queries cropped by their box for
-    ``split="query"``), shrunk to ``max_side``."""
-    from helpers.images import load_image, load_query
-
-    path, bbx = split_images(dataset, split)[index]
-    return load_image(path, max_side) if bbx is None else load_query(path, bbx, max_side)
-
-
 def _progress(items, desc: str):
     from tqdm.auto import tqdm
 
@@ -752,7 +631,7 @@ def dataset_sift_descriptors(dataset, split: str = "db", params: SiftParams = Si
     """SIFT descriptors of every image of a split (list of ``n_i x 128``), cached on disk under
     ``(dataset.key, split, SIFT parameters)``. Unreadable images get no descriptor (with a warning).
     Queries that are database images used whole (Holidays, UKBench, ``folder:``) reuse the database's."""
-    from helpers.images import ImageReadError, load_image, load_query
+    from helpers.images import ImageReadError
 
     alias = db_alias(dataset, split)
     if alias is not None:
@@ -763,9 +642,9 @@ def dataset_sift_descriptors(dataset, split: str = "db", params: SiftParams = Si
 
     def compute():
         rows = []
-        for path, bbx in _progress(split_images(dataset, split), f"SIFT {dataset.name} {split}"):
+        for i, (path, _) in enumerate(_progress(split_images(dataset, split), f"SIFT {dataset.name} {split}")):
             try:
-                img = load_image(path, params.max_side) if bbx is None else load_query(path, bbx, params.max_side)
+                img = load_split_image(dataset, split, i, params.max_side)
             except (ImageReadError, ValueError, OSError) as exc:
                 warnings.warn(f"SIFT: skipping {Path(path).name}: {getattr(exc, 'reason', exc)}", stacklevel=2)
                 rows.append(np.zeros((0, 128), np.float32))
@@ -780,24 +659,27 @@ def dataset_sift_descriptors(dataset, split: str = "db", params: SiftParams = Si
 
 def dataset_vocabulary(train_dataset, n_words: int, params: SiftParams = SiftParams(), seed: int = 0,
                        max_descriptors: int = 100_000) -> np.ndarray:
-    """Visual vocabulary learned (and cached) on the database images of ``train_dataset``."""
+    """Visual vocabulary (``n_words x 128``) learned (and cached) on the SIFT descriptors of the
+    database images of ``train_dataset`` by :func:`helpers.bow.learn_vocabulary`, on at most
+    ``max_descriptors`` of them."""
     key = {"dataset": train_dataset.key, "files": files_fingerprint(train_dataset, "db"), "sift": vars(params),
            "n_words": int(n_words), "seed": int(seed),
            "max_descriptors": int(max_descriptors), "version": 1}
 
     def compute():
         descriptors = np.concatenate(dataset_sift_descriptors(train_dataset, "db", params))
-        return {"vocabulary": learn_vocabulary(descriptors, n_words, seed, max_descriptors)}
+        return {"vocabulary": bow.learn_vocabulary(descriptors, n_words, seed, max_descriptors)}
 
     return cached_arrays("vocabulary", key, compute)["vocabulary"]
 
 
 def bow_scores(dataset, vocabulary: np.ndarray, params: SiftParams = SiftParams()) -> np.ndarray:
     """First stage (sec. 3.2.4): TF-IDF scores ``n_db x n_q`` of the queries (cropped by their
-    box) against the database, through an :class:`InvertedFile` of quantised SIFT descriptors."""
-    db_words = [quantize(d, vocabulary) for d in dataset_sift_descriptors(dataset, "db", params)]
-    q_words = [quantize(d, vocabulary) for d in dataset_sift_descriptors(dataset, "query", params)]
-    return InvertedFile(len(vocabulary)).fit(db_words).score(q_words)
+    box) against the database, through a :class:`helpers.bow.InvertedFile` of the SIFT descriptors'
+    visual words."""
+    db_words = [bow.assign_words(d, vocabulary) for d in dataset_sift_descriptors(dataset, "db", params)]
+    q_words = [bow.assign_words(d, vocabulary) for d in dataset_sift_descriptors(dataset, "query", params)]
+    return bow.InvertedFile(len(vocabulary)).fit(db_words).score(q_words)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,7 +714,7 @@ class RoISet:
 
     def rois(self, k: int | None = None) -> list[np.ndarray]:
         """Feature rows of the top ``k`` RoIs of each image (all stored RoIs when ``k`` is None)."""
-        k = self.k if k is None else _check_positive_int("k", k)
+        k = self.k if k is None else positive_int("k", k)
         if k > self.k:
             raise ValueError(f"this RoISet holds at most {self.k} RoIs per image, asked for {k}")
         return [f[1:1 + k] for f in self.features]
@@ -853,7 +735,7 @@ def warp_crops(image: np.ndarray, boxes_px: np.ndarray, crop_size: int) -> list[
 
     from helpers.images import crop_box
 
-    crop_size = _check_positive_int("crop_size", crop_size)
+    crop_size = positive_int("crop_size", crop_size)
     crops = []
     for box in np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4):
         crop = Image.fromarray(crop_box(image, box))
@@ -884,10 +766,9 @@ def compute_roi_set(dataset, backbone, image_size: int, split: str, feature: str
     The cache entry holds RoIs for the largest ``k`` computed so far: a smaller ``k`` reuses it (the
     RoIs for ``k`` are a prefix of those for a larger ``k``, see :func:`select_rois`).
     """
-    if feature not in ROI_FEATURES:
-        raise ValueError(f"feature must be one of {ROI_FEATURES}, got {feature!r}")
-    k = _check_positive_int("k", k)
-    crop_size = _check_positive_int("crop_size", crop_size)
+    feature = choice("feature", feature, ROI_FEATURES)
+    k = positive_int("k", k)
+    crop_size = positive_int("crop_size", crop_size)
     alias = db_alias(dataset, split)
     if alias is not None:                      # queries are database images used whole: reuse those
         db = compute_roi_set(dataset, backbone, image_size, "db", feature, k, params, crop_size)
@@ -949,8 +830,6 @@ def _compute_roi_arrays(dataset, backbone, image_size, split, feature, k, params
 def encode_features(rows: Sequence[np.ndarray], whitening=None) -> list[np.ndarray]:
     """Binary codes (eq. 2) of per-image feature rows, after PCA-whitening + l2 (sec. 3.2.3, for fc
     features) when a fitted :class:`helpers.whitening.PCAWhitening` is given."""
-    from helpers.whitening import l2n_np
-
     codes = []
     for r in rows:
         r = np.asarray(r, np.float32)
@@ -970,7 +849,7 @@ def roi_codes(roi_set: RoISet, k: int | None = None, whitening=None) -> list[np.
 def fit_roi_whitening(train_set: RoISet, dim: int | None = 256):
     """PCA-whitening (sec. 3.2.3) learned on every l2-normalised feature row (whole image + stored
     RoIs) of a *training* :class:`RoISet`; the method uses :data:`WHITENING_ROIS` RoIs per image."""
-    from helpers.whitening import PCAWhitening, l2n_np
+    from helpers.whitening import PCAWhitening
 
     rows = np.concatenate(train_set.features)
     if dim is not None and dim > min(rows.shape[0] - 1, rows.shape[1]):
@@ -1027,29 +906,29 @@ class RoIMethod(RetrievalMethod):
     needs_training = True
     layers = ("last_conv",)
 
-    def __init__(self, backbone, image_size: int, feature: str = "fc", k: int = 10, baseline: bool = False,
+    def __init__(self, backbone, image_size: int, feature: RoIFeature = "fc", k: int = 10, baseline: bool = False,
                  threshold: float = RoIParams.threshold, t_min: float = RoIParams.t_min,
                  t_rate: float = RoIParams.t_rate, t_iou: float = T_IOU, shortlist: int = 100,
                  fast: bool = True, n_exhaustive: int = 10, k_query: int = 5, whiten: bool | None = None,
                  whiten_dim: int | None = 256, crop_size: int = 224, vocabulary_size: int = 1000,
-                 sift_max_side: int = SiftParams.max_side, sift_max_keypoints: int = SiftParams.max_keypoints,
-                 **options):
-        super().__init__(backbone, image_size, **options)     # rejects unknown options
-        if feature not in ROI_FEATURES:
-            raise ValueError(f"feature must be one of {ROI_FEATURES}, got {feature!r}")
-        self.feature = feature
-        self.k = _check_positive_int("k", k)
-        self.baseline = _as_bool("baseline", baseline)
-        self.roi_params = RoIParams(float(threshold), float(t_min), float(t_rate), float(t_iou))
-        self.shortlist = _check_positive_int("shortlist", shortlist)
-        self.fast = _as_bool("fast", fast)
-        self.n_exhaustive = _check_positive_int("n_exhaustive", n_exhaustive)
-        self.k_query = _check_positive_int("k_query", k_query)
-        self.whiten = (feature == "fc") if whiten is None else _as_bool("whiten", whiten)
-        self.whiten_dim = None if whiten_dim in (None, "none", "None") else _check_positive_int("whiten_dim", whiten_dim)
-        self.crop_size = _check_positive_int("crop_size", crop_size)
-        self.vocabulary_size = _check_positive_int("vocabulary_size", vocabulary_size)
-        self.sift_params = SiftParams(max_side=int(sift_max_side), max_keypoints=int(sift_max_keypoints))
+                 sift_max_side: int = SiftParams.max_side, sift_max_keypoints: int = SiftParams.max_keypoints):
+        super().__init__(backbone, image_size)
+        self.feature = choice("feature", feature, ROI_FEATURES)
+        self.k = positive_int("k", k)
+        self.baseline = parse_bool("baseline", baseline)
+        # floats, so that the cache keys (which hold these values) do not depend on how they were typed
+        self.roi_params = RoIParams(fraction("threshold", threshold), fraction("t_min", t_min), float(t_rate),
+                                    fraction("t_iou", t_iou, low_open=True))
+        self.shortlist = positive_int("shortlist", shortlist)
+        self.fast = parse_bool("fast", fast)
+        self.n_exhaustive = positive_int("n_exhaustive", n_exhaustive)
+        self.k_query = positive_int("k_query", k_query)
+        self.whiten = (feature == "fc") if whiten is None else parse_bool("whiten", whiten)
+        self.whiten_dim = None if whiten_dim is None else positive_int("whiten_dim", whiten_dim)
+        self.crop_size = positive_int("crop_size", crop_size)
+        self.vocabulary_size = positive_int("vocabulary_size", vocabulary_size)
+        self.sift_params = SiftParams(max_side=positive_int("sift_max_side", sift_max_side),
+                                      max_keypoints=positive_int("sift_max_keypoints", sift_max_keypoints))
         self.layers = (backbone.last_conv,)
         self.vocabulary: np.ndarray | None = None
         self.whitening = None
@@ -1096,12 +975,3 @@ class RoIMethod(RetrievalMethod):
             self.n_exhaustive if self.fast else None, self.k_query if self.fast else None)
         return scores
 
-
-def _as_bool(name: str, value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, got {value!r}")

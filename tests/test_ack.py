@@ -7,10 +7,10 @@ import torch
 
 from helpers.ack import (TIE_BREAK, ACKIndex, ack_codes, ack_scores, check_codes, code_length_sweep,
                          contribution_table, dosd_closed_form, dosd_reference, dosd_scores,
-                         histogram_similarity, jaccard_scores, jaccard_similarity, kernel_brightness,
+                         draw_kernel_boxes, explore_view, histogram_similarity, instance_overlap, jaccard_scores, jaccard_similarity, kernel_brightness,
                          kernel_frequencies, map_codes, pca_scores, position_matrix_K, pseudo_gaussian_G,
                          random_codes, rank_weights_W, response_box, search_timings, sum_dtypes,
-                         undefined_reason, vector_codes)
+                         undefined_reason, vector_codes, visible_box)
 from helpers.pooling import POOLINGS, pool_all
 
 
@@ -356,7 +356,8 @@ def test_pca_scores_match_a_manual_projection():
         Y = (X - mean) @ P
         return Y / np.linalg.norm(Y, axis=1, keepdims=True)
 
-    np.testing.assert_allclose(got, proj(db) @ proj(q).T, atol=1e-8)  # signs cancel in the product
+    # signs cancel in the product; the vectors are l2-normalised as float32 rows (pooling.l2n_np)
+    np.testing.assert_allclose(got, proj(db) @ proj(q).T, atol=1e-5)
     with pytest.raises(ValueError, match="more than"):
         pca_scores(train[:3], q, db, 3)
 
@@ -399,6 +400,74 @@ def test_code_length_sweep_gives_nan_where_jaccard_is_undefined():
         code_length_sweep(q, db, "gem", [17], n_kernels, float)
     with pytest.raises(ValueError, match="metric"):
         code_length_sweep(q, db, "gem", [4], n_kernels, float, metrics=("l2",))
+
+
+def test_code_length_sweep_keeps_per_query_arrays():
+    rng = np.random.default_rng(14)
+    n_kernels = 16
+    q = {"gem": rng.random((3, n_kernels)), "spoc": rng.random((3, n_kernels))}
+    db = {"gem": rng.random((10, n_kernels)), "spoc": rng.random((10, n_kernels))}
+    sweep = code_length_sweep(q, db, "gem", [4, 16], n_kernels, lambda s: s.max(axis=0))
+    qc, dc = vector_codes(q, "gem", 4), vector_codes(db, "gem", 4)
+    np.testing.assert_allclose(sweep["dosd"][0], dosd_scores(qc, dc, n_kernels).max(axis=0))
+    assert sweep["dosd"][1].shape == (3,) and np.isnan(sweep["jaccard"][1])
+
+
+def test_visible_box_moves_a_frame_sized_box_inside_the_image():
+    assert visible_box([0, 0, 512, 384], (384, 512), inset=4) == [4, 4, 508, 380]
+    assert visible_box([10, 20, 100, 200], (384, 512), inset=4) == [10, 20, 100, 200]
+    assert visible_box([-5, 0, 600, 50], (384, 512), inset=3) == [3, 3, 509, 50]
+    with pytest.raises(ValueError, match="inset"):
+        visible_box([0, 0, 10, 10], (8, 8), inset=4)
+
+
+def test_draw_kernel_boxes_draws_every_box_inside_the_frame_with_a_legend():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.imshow(np.zeros((384, 512, 3)))
+    draw_kernel_boxes(ax, [[0, 0, 512, 384], [0, 0, 100, 80]], ["yellow", "cyan"], ["#7", "#9"], (384, 512))
+    rects = ax.patches
+    assert len(rects) == 2
+    x, y = rects[0].get_xy()
+    assert (x, y, rects[0].get_width(), rects[0].get_height()) == (4, 4, 504, 376)   # the frame box, inset
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["#7", "#9"]
+    assert not ax.texts   # no label written on a box, where it could cover another
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    draw_kernel_boxes(ax, [[0, 0, 512, 384]] * 2, ["yellow", "cyan"], ["#7", "#9"], (384, 512))
+    (x0, y0), (x1, y1) = ax.patches[0].get_xy(), ax.patches[1].get_xy()
+    assert x1 > x0 + 2 and y1 > y0 + 2 and ax.patches[1].get_width() < ax.patches[0].get_width() - 4  # nested
+    plt.close(fig)
+
+
+def test_instance_overlap_is_the_share_of_the_query_code_per_group():
+    q = np.array([[0, 1, 2, 3]])
+    db = np.array([[0, 1, 2, 3], [0, 1, 4, 5], [4, 5, 6, 7], [3, 4, 5, 6], [0, 1, 2, 4]])
+    gnd = [{"easy": [0], "hard": [1], "junk": [4]}]
+    same, other = instance_overlap(q, db, gnd, 8)
+    assert same[0] == pytest.approx((100 + 50) / 2)
+    assert other[0] == pytest.approx((0 + 25) / 2)   # the junk image (75 %) is left out
+    same, other = instance_overlap(q, db, [{"easy": [], "hard": []}], 8)
+    assert np.isnan(same[0]) and other[0] == pytest.approx((100 + 50 + 0 + 25 + 75) / 5)
+    with pytest.raises(ValueError, match="gnd"):
+        instance_overlap(q, db, gnd * 2, 8)
+
+
+def test_explore_view_shows_the_query_and_its_top_results(photo_folder, isolated_cache, backbone):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers.data import load_dataset
+
+    dataset = load_dataset(f"folder:{photo_folder}")
+    fig = explore_view(dataset, backbone, 96, query=0, n=64, top=3)
+    assert len(fig.axes) == 5 and len(fig.axes[0].patches) >= 3    # query, gap, 3 results; 3 kernel boxes
+    assert len(fig.axes[0].get_legend().get_texts()) == 3
+    plt.close(fig)
 
 
 def test_ack_scores_and_search_timings():

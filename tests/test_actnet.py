@@ -635,3 +635,40 @@ def test_a_damaged_head_in_the_cache_is_reported_and_deleted(tmp_path):
     with pytest.warns(DamagedCacheWarning, match="head.pt"):
         assert read_entry(path, actnet.load_head, "trained ACTNET head") is None
     assert not path.exists()
+
+
+def test_per_query_separation_is_mean_non_match_minus_mean_match_distance():
+    db = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    gnd = [{"easy": [0], "hard": [3], "junk": [1]}, {"easy": [], "hard": [], "junk": []}]
+    sep = actnet.per_query_separation(q, db, gnd)
+    match = np.mean([0.0, np.linalg.norm(db[3] - q[0])])
+    assert sep[0] == pytest.approx(100 * (2.0 - match))  # the only non-match is db 2, at distance 2
+    assert np.isnan(sep[1])  # no match: nothing to separate
+    with pytest.raises(ValueError, match="ground-truth"):
+        actnet.per_query_separation(q, db, gnd[:1])
+
+
+def test_parameter_changes_and_max_relative_change():
+    history = {"parameters": [{"a": {"alpha": 1.0, "p": 0.5, "input_scale": 3.0}},
+                              {"a": {"alpha": 1.1, "p": 0.4, "input_scale": 9.0}}]}
+    assert actnet.parameter_changes(history) == {"a": {"alpha": (1.0, 1.1), "p": (0.5, 0.4)}}
+    assert actnet.max_relative_change(history) == pytest.approx(0.2)  # p: 0.4 / 0.5 - 1, input_scale left out
+
+
+def test_draw_profiles_marks_the_weibull_peak_only_inside_the_plotted_range():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    actnet.draw_profiles(axes)
+    assert len(axes[0].lines) == 3 and len(axes[1].lines) == 2  # identity, SinH, Exp | Weibull, its peak
+    x0 = axes[1].lines[1].get_xdata()[0]
+    assert x0 == pytest.approx(actnet.weibull_peak(3.0, 1.0, 2.0))
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2)
+    actnet.draw_profiles(axes, wb_gamma=3.0)  # x0 = 3 > x_max = 1.5: no marker
+    assert len(axes[1].lines) == 1
+    plt.close(fig)

@@ -432,7 +432,7 @@ def test_clusters_method_options_and_whitening(photo_folder, backbone, isolated_
 
     with pytest.raises(ValueError, match="regions"):
         make_method("clusters", backbone, 160, regions="squares")
-    with pytest.raises(ValueError, match="crop I / crop X"):
+    with pytest.raises(ValueError, match="query_crop"):
         make_method("clusters", backbone, 160, query_crop="pixels")
     with pytest.raises(ValueError, match="n_components"):
         make_method("clusters", backbone, 160, n_components=0)
@@ -483,3 +483,41 @@ def test_query_region_precisions_on_real_photos(photo_folder, backbone, isolated
     five = hc.masks_from_labels(hc.activation_clusters(full, [5], 4)[5])
     areas = five.sum(axis=(1, 2))
     assert np.sum(hc.region_precision(five, cov) * areas) / areas.sum() == pytest.approx(cov.mean())
+
+
+def test_clusters_options_are_declared_with_their_kinds(backbone):
+    from helpers.methods import make_method
+    from helpers.options import OptionError, option_specs
+
+    specs = option_specs(hc.ActivationClustersMethod)
+    assert specs["regions"].choices == hc.REGION_KINDS == ("clusters", "rmac")
+    assert specs["query_crop"].choices == hc.QUERY_CROPS and specs["eigen_solver"].choices == hc.EIGEN_SOLVERS
+    assert specs["whiten"].kind == "bool" and specs["z_ratio"].kind == "float" and specs["n_components"].optional
+    method = make_method("clusters", backbone, 160, whiten="no", qe_k="2", z_ratio="0.1")
+    assert (method.whitening, method.qe_k, method.z_ratio) == (None, 2, 0.1)
+    with pytest.raises(OptionError, match="z_ratio"):
+        make_method("clusters", backbone, 160, z_ratio=0)
+    with pytest.raises(OptionError, match="whiten.*true or false"):
+        make_method("clusters", backbone, 160, whiten="perhaps")
+    with pytest.raises(OptionError, match="colour_clusters.*>= 0"):
+        make_method("clusters", backbone, 160, colour_clusters=-1)
+
+
+def test_region_precision_map_paints_each_cell_with_its_region():
+    labels = np.array([[0, 0, 1],
+                       [2, 1, 1]])
+    coverage = np.array([[1.0, 0.0, 1.0],
+                         [0.5, 1.0, 0.0]])
+    masks = hc.masks_from_labels(labels)
+    expected = np.array([[0.5, 0.5, 2 / 3],
+                         [0.5, 2 / 3, 2 / 3]])
+    np.testing.assert_allclose(hc.region_precision_map(masks, coverage), expected)
+    np.testing.assert_allclose(hc.region_precision_map(masks[0], coverage)[0, :2], 0.5)
+
+
+def test_regional_vectors_use_the_suite_l2_normalisation():
+    from helpers.pooling import l2n_np
+
+    V = np.random.default_rng(0).random((6, 10)).astype(np.float32)
+    np.testing.assert_array_equal(hc.aggregate_regional_vectors(V), l2n_np(l2n_np(V).sum(axis=0)))
+    assert not hasattr(hc, "_l2n_rows")

@@ -63,7 +63,7 @@ def test_dataset_paths_counts_and_describe():
     assert ds.db_path(1) == Path("/nowhere/b.jpg")
     assert ds.query_path(0) == Path("/nowhere/q0.jpg")
     assert ds.query_bbx(0) == [1.0, 2.0, 30.0, 40.0] and ds.query_bbx(1) is None
-    text = ds.describe()
+    text = ds.summary()
     assert "4 database images" in text and "2 queries" in text and "revisited" in text
 
 

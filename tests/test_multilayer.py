@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from helpers import multilayer as ml
+from helpers.evaluate import evaluate_scores, per_query_ap, ranks_from_scores
+from helpers.pooling import l2n_np
 
 
 def _random_similarities(n_db=40, n_q=5, seed=0):
@@ -61,7 +63,7 @@ def test_concatenation_equals_cosine_of_concatenated_normalised_descriptors():
     l2 = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     concat_db = np.hstack([l2(db_a), l2(db_b)])
     concat_q = np.hstack([l2(q_a), l2(q_b)])
-    s = ml.concatenation_similarity([ml.cosine_similarity(db_a, q_a), ml.cosine_similarity(db_b, q_b)])
+    s = ml.concatenation_similarity([l2(db_a) @ l2(q_a).T, l2(db_b) @ l2(q_b).T])
     np.testing.assert_allclose(s, concat_db @ concat_q.T, atol=1e-12)
     assert s.shape == (12, 3)
 
@@ -77,7 +79,7 @@ def test_fusion_reduces_to_direct_concatenation(case):
         fused = ml.fused_similarity(sims, thresholds=(1.0, 1.0, 1.0), exponents=(0.45, 0.45, 0.45))
     concat = ml.concatenation_similarity(sims)
     np.testing.assert_allclose(fused, concat, atol=1e-12)
-    np.testing.assert_array_equal(ml.ranks_from_similarity(fused), ml.ranks_from_similarity(concat))
+    np.testing.assert_array_equal(ranks_from_scores(fused), ranks_from_scores(concat))
 
 
 def test_fusion_with_default_parameters_changes_the_ranking():
@@ -85,7 +87,7 @@ def test_fusion_with_default_parameters_changes_the_ranking():
     t, p = ml.paper_parameters(2)
     fused = ml.fused_similarity([high, low], t, p)
     concat = ml.concatenation_similarity([high, low])
-    assert not np.array_equal(ml.ranks_from_similarity(fused), ml.ranks_from_similarity(concat))
+    assert not np.array_equal(ranks_from_scores(fused), ranks_from_scores(concat))
     np.testing.assert_allclose(fused, ml.mapping_function(high, 0.2, 0.45) + low)
 
 
@@ -100,14 +102,14 @@ def test_p_to_zero_is_reranking_of_the_high_layer_list_by_the_low_layer():
     assert rerank[:, 0].tolist() == expected
     for p in (1e-3, 1e-6, 0.0):
         fused = ml.fused_similarity([high, low], thresholds=(0.2, 1.0), exponents=(p, 1.0))
-        assert ml.ranks_from_similarity(fused)[:, 0].tolist() == expected, p
+        assert ranks_from_scores(fused)[:, 0].tolist() == expected, p
     # the high layer alone and the direct concatenation give different lists
-    assert ml.ranks_from_similarity(high)[:, 0].tolist() == list(range(8))
+    assert ranks_from_scores(high)[:, 0].tolist() == list(range(8))
     concat = ml.concatenation_similarity([high, low])
-    assert ml.ranks_from_similarity(concat)[:, 0].tolist() != expected
+    assert ranks_from_scores(concat)[:, 0].tolist() != expected
     # and the paper's p = 0.45 lies in between: not yet the full re-ranking here
     fused_paper = ml.fused_similarity([high, low], (0.2, 1.0), (0.45, 1.0))
-    assert ml.ranks_from_similarity(fused_paper)[:, 0].tolist() != expected
+    assert ranks_from_scores(fused_paper)[:, 0].tolist() != expected
 
 
 def test_small_p_reranks_random_short_lists():
@@ -116,7 +118,7 @@ def test_small_p_reranks_random_short_lists():
     high = rng.uniform(0, 1, (60, 4))
     low = np.where(high > t, rng.uniform(0, 1, high.shape), 0.0)  # low layer silent off the list
     fused = ml.fused_similarity([high, low], (t, 1.0), (1e-6, 1.0))
-    np.testing.assert_array_equal(ml.ranks_from_similarity(fused), ml.rerank_by_low_layer(high, low, t))
+    np.testing.assert_array_equal(ranks_from_scores(fused), ml.rerank_by_low_layer(high, low, t))
 
 
 def test_fused_similarity_validates_input():
@@ -140,17 +142,6 @@ def test_paper_parameters():
         ml.paper_parameters(4)
 
 
-def test_cosine_similarity_shape_and_range():
-    rng = np.random.default_rng(2)
-    db, q = rng.random((9, 5)), rng.random((2, 5))
-    s = ml.cosine_similarity(db, q)
-    assert s.shape == (9, 2)
-    assert np.all(s >= 0) and np.all(s <= 1 + 1e-12)  # non-negative features: [0, 1] (Sec. 3)
-    np.testing.assert_allclose(ml.cosine_similarity(q, q).diagonal(), 1.0)
-    with pytest.raises(ValueError, match="dimensions differ"):
-        ml.cosine_similarity(db, q[:, :3])
-
-
 # ------------------------------------------------------------------------------ BoW
 
 def _toy_maps(n_images, seed):
@@ -169,7 +160,7 @@ def _toy_maps(n_images, seed):
 
 def test_bow_vocabulary_recovers_prototypes_and_counts():
     train_maps, _ = _toy_maps(30, seed=0)
-    vocab = ml.learn_vocabulary(train_maps, n_words=3, n_per_image=16, seed=0)
+    vocab = ml.learn_layer_vocabulary(train_maps, n_words=3, n_per_image=16, seed=0)
     assert vocab.size == 3
     test_maps, true_counts = _toy_maps(5, seed=1)
     counts = ml.bow_histograms(test_maps, vocab)
@@ -192,7 +183,7 @@ def test_bow_idf_down_weights_words_present_everywhere():
         local[4:, 1 + (i % 3)] = 1.0          # one of three rarer words
         local += 0.01 * rng.standard_normal(local.shape).astype(np.float32)
         maps.append(local.T.reshape(4, 2, 4))
-    vocab = ml.learn_vocabulary(maps, n_words=4, n_per_image=8, seed=0)
+    vocab = ml.learn_layer_vocabulary(maps, n_words=4, n_per_image=8, seed=0)
     common = int(np.argmax(vocab.centers[:, 0]))
     assert vocab.idf[common] == pytest.approx(0.0, abs=1e-12)
     assert np.all(np.delete(vocab.idf, common) > 0)
@@ -201,7 +192,7 @@ def test_bow_idf_down_weights_words_present_everywhere():
 def test_learn_vocabulary_errors():
     maps, _ = _toy_maps(2, seed=0)
     with pytest.raises(ValueError, match="fewer than n_words"):
-        ml.learn_vocabulary(maps, n_words=100, n_per_image=16)
+        ml.learn_layer_vocabulary(maps, n_words=100, n_per_image=16)
     with pytest.raises(ValueError, match="C x H x W"):
         ml.sample_local_features([np.zeros((3, 4))])
 
@@ -318,8 +309,8 @@ def test_method_scores_are_eq2_of_per_layer_cosines(tiny):
             return np.stack([m.numpy() for m in maps])
         return np.stack([l2n(rmac(m)).numpy() for m in maps])
 
-    s_fc = ml.cosine_similarity(vectors("db", "fc"), vectors("query", "fc"))
-    s_c4 = ml.cosine_similarity(vectors("db", "c4"), vectors("query", "c4"))
+    s_fc = l2n_np(vectors("db", "fc")) @ l2n_np(vectors("query", "fc")).T
+    s_c4 = l2n_np(vectors("db", "c4")) @ l2n_np(vectors("query", "c4")).T
     expected = ml.mapping_function(s_fc, 0.2, 0.45) + s_c4
     np.testing.assert_allclose(scores, expected, atol=2e-3)  # cached maps are float16
     sims = method.similarities(ds)
@@ -351,7 +342,7 @@ def test_method_options_and_errors(tiny):
         make_method("multilayer", bb, 64, thresholds=(0.2, 0.4, 1.0))
     with pytest.raises(ValueError, match="fusion"):
         make_method("multilayer", bb, 64, fusion="sum")
-    with pytest.raises(ValueError, match="unknown pooling"):
+    with pytest.raises(ValueError, match="pooling"):
         make_method("multilayer", bb, 64, pooling="median")
     with pytest.raises(ValueError, match="unknown options"):
         make_method("multilayer", bb, 64, whiten=True)
@@ -402,7 +393,8 @@ def test_fusion_grid_corner_is_direct_concatenation(tiny):
     sims = ml.MultiLayerFusion(bb, 64, layers=("fc2", "conv3_1")).similarities(ds)
     grid = ml.fusion_grid(ds, sims["fc2"], sims["conv3_1"], [0.2, 1.0], [0.45, 1.0])
     assert set(grid) == {"mAP_E", "mAP_M", "mAP_H"} and grid["mAP_E"].shape == (2, 2)
-    concat = ml.evaluate_similarity(ds, sims["fc2"] + sims["conv3_1"])
+    concat_results = evaluate_scores(ds, sims["fc2"] + sims["conv3_1"])
+    concat = {name: concat_results[name] for name in ("mAP_E", "mAP_M", "mAP_H")}
     for name, value in concat.items():
         assert np.isfinite(value)
         assert grid[name][1, 0] == pytest.approx(value) and grid[name][0, 1] == pytest.approx(value)
@@ -424,11 +416,80 @@ def test_tables_helpers(tiny):
     assert [r["layers"] for r in rows] == ["fc2+conv4_1", "fc2+conv5_1+conv3_1"]
     fused3 = ml.fused_similarity([sims["fc2"], sims["conv5_1"], sims["conv3_1"]], (0.2, 0.4, 1.0),
                                  (0.45, 0.45, 1.0))
-    assert rows[1]["fused mAP_M"] == pytest.approx(ml.evaluate_similarity(ds, fused3)["mAP_M"])
+    assert rows[1]["fused mAP_M"] == pytest.approx(evaluate_scores(ds, fused3)["mAP_M"])
     assert rows[0]["concat mAP_E"] == pytest.approx(
-        ml.evaluate_similarity(ds, sims["fc2"] + sims["conv4_1"])["mAP_E"])
+        evaluate_scores(ds, sims["fc2"] + sims["conv4_1"])["mAP_E"])
     single = ml.single_layer_rows(ds, sims)
     assert [r["layer"] for r in single] == list(roles)
     q, gain = ml.most_changed_query(ds, sims["fc2"], sims["conv3_1"])
-    aps = ml.per_query_ap(ds, sims["conv3_1"]) - ml.per_query_ap(ds, sims["fc2"])
+    aps = per_query_ap(evaluate_scores(ds, sims["conv3_1"])) - per_query_ap(evaluate_scores(ds, sims["fc2"]))
     assert gain == pytest.approx(aps[q]) and (gain == aps.max() or aps.max() <= 0)
+
+
+def test_layer_similarities_are_cosines_of_the_described_vectors(tiny):
+    from helpers.methods import make_method
+
+    bb, _, _ = tiny
+    method = make_method("multilayer", bb, 64)
+    rng = np.random.default_rng(2)
+    db = {tap: l2n_np(rng.random((9, 5))) for tap in method.taps}
+    q = {tap: l2n_np(rng.random((2, 5))) for tap in method.taps}
+    for s in method.layer_similarities(q, db):
+        assert s.shape == (9, 2) and s.dtype == np.float64
+        assert np.all(s >= 0) and np.all(s <= 1 + 1e-12)  # non-negative features: [0, 1] (Sec. 3)
+    for s in method.layer_similarities(q, q):
+        np.testing.assert_allclose(s.diagonal(), 1.0, rtol=1e-5)  # l2n_np adds 1e-6 to the norm
+    with pytest.raises(ValueError, match="mismatch"):
+        method.layer_similarities({tap: v[:, :3] for tap, v in q.items()}, db)
+
+
+def test_paper_layer_roles_are_paper_names_mapped_by_the_layer_table(backbone):
+    assert ml.paper_layer_roles("vgg16") == ("fc1", "conv5_1")
+    assert ml.paper_layer_roles("alexnet") == ("fc2", "conv4_1")
+    assert ml.paper_layer_roles(backbone.name) == ml.ONE_FC_LAYER_PAIR
+    assert set(ml.paper_layer_roles(backbone.name)) <= set(ml.paper_layer_map(backbone))
+    assert not hasattr(ml, "default_layers")  # actnet.default_layers means taps, not paper roles
+
+
+def test_every_option_is_declared_with_its_kind():
+    import typing
+
+    from helpers.options import option_specs
+    from helpers.pooling import POOLINGS
+
+    specs = option_specs(ml.MultiLayerFusion)
+    assert list(specs) == ["layers", "thresholds", "exponents", "t", "p", "fusion", "conv_encoding", "pooling",
+                           "n_words", "n_per_image", "seed"]
+    assert specs["fusion"].choices == ("mapping", "concat") and specs["conv_encoding"].choices == ("pooled", "bow")
+    assert set(specs["pooling"].choices) == set(POOLINGS) == set(typing.get_args(ml.PoolingName))
+    assert specs["t"].kind == "float" and specs["t"].optional and specs["n_words"].kind == "int"
+
+
+def test_options_from_text_reach_the_method(tiny):
+    from helpers.methods import make_method
+    from helpers.options import OptionError
+
+    bb, _, _ = tiny
+    m = make_method("multilayer", bb, 64, layers="fc2,conv4_1", t="0.3", n_words="16", pooling="gem")
+    assert m.taps == ("fc", "c3") and m.thresholds == (0.3, 1.0) and m.n_words == 16 and m.pooling == "gem"
+    with pytest.raises(OptionError, match="n_words.*>= 2"):
+        make_method("multilayer", bb, 64, n_words=1)
+    with pytest.raises(OptionError, match="conv_encoding.*pooled, bow"):
+        make_method("multilayer", bb, 64, conv_encoding="vlad")
+
+
+def test_layer_bow_is_helpers_bow_on_the_map_cells():
+    from helpers import bow
+
+    train_maps, _ = _toy_maps(30, seed=0)
+    vocab = ml.learn_layer_vocabulary(train_maps, n_words=3, n_per_image=16, seed=0)
+    local = ml.sample_local_features(train_maps, n_per_image=16, seed=0)
+    np.testing.assert_array_equal(vocab.centers, bow.learn_vocabulary(local, 3, seed=0, batch_size=1024))
+    test_maps, _ = _toy_maps(4, seed=1)
+    words = [vocab.words(m) for m in test_maps]
+    counts = bow.word_counts(words, 3)
+    np.testing.assert_array_equal(ml.bow_histograms(test_maps, vocab), counts.toarray())
+    np.testing.assert_allclose(ml.bow_encode(test_maps, vocab), bow.tfidf(counts, vocab.idf).toarray(), rtol=1e-6)
+    # the idf is the training maps' own, and a word no training map holds keeps the rarest weight
+    np.testing.assert_allclose(vocab.idf, bow.idf_weights(bow.word_counts([vocab.words(m) for m in train_maps], 3),
+                                                          unseen="rarest"))

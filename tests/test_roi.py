@@ -186,48 +186,6 @@ def test_roi_similarity_eq3_against_definition():
 
 # ------------------------------------------------------------------ first stage
 
-def test_inverted_file_matches_dense_tfidf_cosine():
-    rng = np.random.default_rng(0)
-    V = 12
-    db = [rng.integers(0, V, rng.integers(1, 20)) for _ in range(8)]
-    queries = [rng.integers(0, V, 6), np.array([3, 3, 3])]
-    inv = roi.InvertedFile(V).fit(db)
-    counts = np.stack([np.bincount(w, minlength=V) for w in db]).astype(float)
-    idf = np.array([np.log(8 / (counts[:, w] > 0).sum()) if (counts[:, w] > 0).any() else 0.0
-                    for w in range(V)])
-
-    def vec(words):
-        c = np.bincount(words, minlength=V).astype(float)
-        v = c / c.sum() * idf
-        return v / max(np.linalg.norm(v), 1e-12)
-
-    expected = np.stack([[vec(d) @ vec(q) for q in queries] for d in db])
-    assert np.allclose(inv.score(queries), expected)
-    with pytest.raises(ValueError, match="word ids"):
-        inv.score([np.array([V])])
-    with pytest.raises(RuntimeError):
-        roi.InvertedFile(V).score(queries)
-
-
-def test_quantize_is_nearest_word():
-    rng = np.random.default_rng(0)
-    vocab = rng.normal(size=(7, 5)).astype(np.float32)
-    desc = rng.normal(size=(30, 5)).astype(np.float32)
-    expected = ((desc[:, None, :] - vocab[None]) ** 2).sum(-1).argmin(1)
-    assert np.array_equal(roi.quantize(desc, vocab), expected)
-    assert roi.quantize(np.zeros((0, 5)), vocab).shape == (0,)
-
-
-def test_learn_vocabulary_finds_separated_clusters():
-    rng = np.random.default_rng(0)
-    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    data = np.concatenate([c + rng.normal(scale=0.1, size=(200, 2)) for c in centers])
-    vocab = roi.learn_vocabulary(data, 3, seed=0)
-    assert np.allclose(np.sort(vocab[:, 0] + 2 * vocab[:, 1]), np.sort(centers @ [1, 2]), atol=0.1)
-    with pytest.raises(ValueError, match="visual words"):
-        roi.learn_vocabulary(data[:2], 3)
-
-
 def test_sift_descriptors_shape_and_cap():
     from skimage.data import astronaut
     img = astronaut()
@@ -426,3 +384,28 @@ def test_files_fingerprint_changes_when_an_image_is_replaced(photo_folder):
     path = dataset.db_path(0)
     os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1_000_000))
     assert roi.files_fingerprint(dataset, "db") != before
+
+
+def test_roi_options_are_declared_and_checked_by_the_shared_validators(backbone):
+    from helpers.methods import make_method
+    from helpers.options import OptionError, option_specs
+
+    specs = option_specs(roi.RoIMethod)
+    assert specs["feature"].choices == roi.ROI_FEATURES == ("fc", "max", "sum")
+    assert all(spec.kind != "any" for spec in specs.values())
+    method = make_method("roi", backbone, 160, baseline="yes", fast="0", k="4", whiten_dim="none", t_min="0.1")
+    assert (method.baseline, method.fast, method.k, method.whiten_dim) == (True, False, 4, None)
+    assert method.roi_params.t_min == 0.1 and isinstance(method.roi_params.threshold, float)
+    with pytest.raises(OptionError, match="baseline.*true or false"):
+        make_method("roi", backbone, 160, baseline="maybe")
+    with pytest.raises(OptionError, match="shortlist.*>= 1"):
+        make_method("roi", backbone, 160, shortlist=0)
+    with pytest.raises(OptionError, match="t_iou"):
+        roi.RoIMethod(backbone, 160, t_iou=0.0)
+
+
+def test_first_stage_words_are_assigned_by_helpers_bow():
+    assert not hasattr(roi, "quantize") and not hasattr(roi, "InvertedFile") and not hasattr(roi, "learn_vocabulary")
+    from helpers import features
+
+    assert roi.load_split_image is features.load_split_image  # the one way to read a split's image

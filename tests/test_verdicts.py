@@ -76,3 +76,29 @@ def test_headline_is_medium_on_revisited_data():
     assert per_query_ap({"AP_per_query_M": [1, 2], "AP_per_query_E": [3, 4]}).tolist() == [1, 2]
     with pytest.raises(ValueError):
         headline({"NS_score": 3})
+
+
+def test_queries_of_one_instance_are_resampled_together():
+    """Five queries of one instance are one piece of evidence: the cluster interval is wider, and
+    the sign-flip test counts instances, not queries."""
+    rng = np.random.default_rng(4)
+    instance_effect = np.repeat(rng.normal(2, 4, 14), 5)        # 14 instances x 5 queries
+    a = rng.uniform(30, 70, 70)
+    b = a + instance_effect + rng.normal(0, 0.5, 70)
+    labels = np.repeat([f"obj{k}" for k in range(14)], 5)
+    plain, grouped = paired_comparison(a, b), paired_comparison(a, b, groups=labels)
+    assert plain.diff == grouped.diff and grouped.n_groups == 14 and plain.n_groups == 70
+    assert grouped.ci[1] - grouped.ci[0] > 1.8 * (plain.ci[1] - plain.ci[0])
+    # 3 instances: 2^3 sign patterns, only the two all-same ones reach the observed |sum|
+    three = paired_comparison([10, 10, 10, 20, 20, 20], [11, 12, 13, 21, 22, 23], groups=list("aabbcc"))
+    assert three.p == pytest.approx(2 / 8)
+
+
+def test_trend_intervals_follow_the_groups():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(10), 5)
+    base = rng.uniform(20, 70, 50)
+    points = [base + k * np.repeat(rng.normal(1, 3, 10), 5) for k in range(4)]
+    plain, grouped = trend_comparison(points, n_resamples=3000), trend_comparison(points, groups=labels, n_resamples=3000)
+    assert grouped.diff == plain.diff
+    assert grouped.ci[0] <= plain.ci[0]

@@ -350,10 +350,8 @@ class ACKIndex:
         ``dosd(q, d) = 2 / (n^3 (n+1)) * sum_j T[j, codes_by_position[j, d]]``
 
     i.e. one table lookup per (position, database image), done by a compiled loop
-    (:func:`_lookup_sums_kernel`, numba, blocks of the database on every core). Measured on the 2-core
-    VM, 100,000 codes, n=256: ~13 ms per query against ~30 ms for the best pure numpy/torch layout
-    (n whole-database ``index_select`` gathers dealt out to threads; an inverted index over kernel ids
-    with ``np.bincount`` and flat ``index_select`` blocks were slower still). Tables and sums are
+    (:func:`_lookup_sums_kernel`, numba, blocks of the database on every core; its speed against the
+    float product and the alternatives measured is in ``benchmarks/README.md``). Tables and sums are
     integers of the width :func:`sum_dtypes` picks from ``n`` (uint32 for short codes, uint64 for
     long ones), hence exactly :func:`dosd_reference` for every code length.
     """
@@ -706,9 +704,9 @@ def search_timings(n_db: int = 100_000, n: int = 256, n_kernels: int = 1280, flo
     qvec = rng.standard_normal(float_dim, dtype=np.float32)
 
     def best(fn, r=repeats):
-        # BLAS / OpenMP worker threads keep spinning for a while after their last call (OpenBLAS up to
-        # ~0.1 s); measured: the numba search right after a torch product takes 7-8 ms instead of 1.3.
-        # Let the previous side's threads settle so that each side is timed on its own cost.
+        # BLAS / OpenMP worker threads keep spinning for a while after their last call and slow down
+        # whatever runs next: let the previous side's threads settle so that each side is timed on
+        # its own cost.
         time.sleep(0.25)
         fn()
         times = []

@@ -251,33 +251,28 @@ def _missing_weights_message(name, url, cached):
     )
 
 
-def _vgg16(model):
-    names = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
+def _relu_net_taps(model, names, fc6: int, fc7: int):
+    """Taps of a plain conv net (VGG, AlexNet): the ReLU after each named conv, the two hidden fc layers
+    (classifier indices ``fc6`` and ``fc7``), the last layer's input ("fc") and output ("logits")."""
     relus = [i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
     taps = {n: (model.features[i], "output") for n, i in zip(names, relus)}
-    taps["fc6"] = (model.classifier[1], "output")
-    taps["fc7"] = (model.classifier[4], "output")
+    taps["fc6"] = (model.classifier[fc6], "output")
+    taps["fc7"] = (model.classifier[fc7], "output")
     taps["fc"] = (model.classifier[6], "input")
     taps["logits"] = (model.classifier[6], "output")
     for m in model.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = False  # so that a tap keeps its value
-    return names + ["fc6", "fc7"], "conv5_3", taps
+    return list(names) + ["fc6", "fc7"], names[-1], taps
+
+
+def _vgg16(model):
+    return _relu_net_taps(model, ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                                  "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"], fc6=1, fc7=4)
 
 
 def _alexnet(model):
-    names = ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    relus = [i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
-    taps = {n: (model.features[i], "output") for n, i in zip(names, relus)}
-    taps["fc6"] = (model.classifier[2], "output")
-    taps["fc7"] = (model.classifier[5], "output")
-    taps["fc"] = (model.classifier[6], "input")
-    taps["logits"] = (model.classifier[6], "output")
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return names + ["fc6", "fc7"], "conv5", taps
+    return _relu_net_taps(model, ["conv1", "conv2", "conv3", "conv4", "conv5"], fc6=2, fc7=5)
 
 
 def _resnet(model):

@@ -1021,3 +1021,14 @@ class ActivationClustersMethod(RetrievalMethod):
         queries, db = self.describe(dataset, "query"), self.describe(dataset, "db")
         scores = self.score(queries, db)
         return average_query_expansion(queries, db, scores, self.qe_k) if self.qe_k else scores
+
+
+def mean_precision_per_query(precisions) -> np.ndarray:
+    """Mean eq.-(1) precision of each query's regions, in points (0-100): one value per query, for a
+    paired comparison (:func:`helpers.evaluate.paired_comparison`). It equals the area under the
+    query's curve of :func:`share_at_or_above` over thresholds in [0, 1]."""
+    if len(precisions) == 0:
+        raise ValueError("precisions is empty: give one array of region precisions per query")
+    if any(np.size(p) == 0 for p in precisions):
+        raise ValueError("every query needs at least one region precision")
+    return np.array([100.0 * float(np.mean(p)) for p in precisions])

@@ -357,9 +357,6 @@ class RetrievalDataset:
                 "gnd": [dict(g) for g in self.gnd], "protocol": self.protocol,
                 "instance_labels": self.instance_labels, "query_labels": self.query_labels}
 
-    def describe(self) -> str:  # TEMPORARY alias while notebooks migrate; removed before commit
-        return self.summary()
-
     def summary(self) -> str:
         """One-line summary: size, protocol, positives per query, boxes, root."""
         n_pos = [len(g["easy"]) + len(g["hard"]) for g in self.gnd]

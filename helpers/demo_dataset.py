@@ -858,29 +858,25 @@ def build_dataset(dataset: str, jpg_dir: Path, seed: int, n_instances: int | Non
     specs = INSTANCES[dataset][: n_instances if n_instances is not None else None]
     imlist, instance_labels, infos = [], [], []
     qimlist, query_labels, query_infos = [], [], []
+
+    def emit(rendered, name, label, names, labels, records):
+        image, info = rendered
+        _save_jpeg(image, jpg_dir / name)
+        names.append(name)
+        labels.append(label)
+        records.append(info)
+
     for item, spec in enumerate(specs):
         for k in range(n_queries):
-            image, info = render_query(_item_rng(seed, dataset, "query", item, k), spec)
-            name = f"{prefix}_{spec.name}_query{k}.jpg"
-            _save_jpeg(image, jpg_dir / name)
-            qimlist.append(name)
-            query_labels.append(spec.name)
-            query_infos.append(info)
+            emit(render_query(_item_rng(seed, dataset, "query", item, k), spec),
+                 f"{prefix}_{spec.name}_query{k}.jpg", spec.name, qimlist, query_labels, query_infos)
         for view in range(n_views):
             aim = VIEW_SCHEDULE[view % len(VIEW_SCHEDULE)]
-            image, info = render_view(_item_rng(seed, dataset, "view", item, view), spec, aim)
-            name = f"{prefix}_{spec.name}_{view:02d}.jpg"
-            _save_jpeg(image, jpg_dir / name)
-            imlist.append(name)
-            instance_labels.append(spec.name)
-            infos.append(info)
+            emit(render_view(_item_rng(seed, dataset, "view", item, view), spec, aim),
+                 f"{prefix}_{spec.name}_{view:02d}.jpg", spec.name, imlist, instance_labels, infos)
     for k in range(n_distractors):
-        image, info = render_distractor(_item_rng(seed, dataset, "distractor", 0, k))
-        name = f"{prefix}_distractor_{k:03d}.jpg"
-        _save_jpeg(image, jpg_dir / name)
-        imlist.append(name)
-        instance_labels.append("distractor")
-        infos.append(info)
+        emit(render_distractor(_item_rng(seed, dataset, "distractor", 0, k)),
+             f"{prefix}_distractor_{k:03d}.jpg", "distractor", imlist, instance_labels, infos)
     # Every query of an instance has the same relevant images: the instance's database views.
     lists = {spec.name: {"easy": [], "hard": [], "junk": []} for spec in specs}
     for i, info in enumerate(infos):

@@ -491,6 +491,30 @@ def fusion_grid(dataset, high_similarity, low_similarity, thresholds: Sequence[f
     return grid
 
 
+def fusion_grid_aps(dataset, high_similarity, low_similarity, thresholds: Sequence[float],
+                    exponents: Sequence[float]) -> np.ndarray:
+    """Per-query APs (:func:`helpers.evaluate.per_query_ap`, the headline setting) of the two-layer
+    fusion over the grid of :func:`fusion_grid`: an array ``len(t) x len(p) x n_queries``, so that
+    every cell can be compared with concatenation query by query."""
+    return np.array([[per_query_ap(evaluate_scores(dataset, fused_similarity([high_similarity, low_similarity],
+                                                                             (t, 1.0), (p, 1.0))))
+                      for p in exponents] for t in thresholds])
+
+
+def combination_aps(dataset, similarities: dict[str, np.ndarray],
+                    combinations: Iterable[Sequence[str]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-query APs behind :func:`combination_rows`: ``{"fc2+conv5_1": {"concat": aps, "fused": aps}}``
+    with the paper's parameters for the number of layers, for paired comparisons."""
+    out = {}
+    for combo in combinations:
+        sims = [similarities[name] for name in combo]
+        thresholds, exponents = paper_parameters(len(combo))
+        out["+".join(combo)] = {
+            "concat": per_query_ap(evaluate_scores(dataset, concatenation_similarity(sims))),
+            "fused": per_query_ap(evaluate_scores(dataset, fused_similarity(sims, thresholds, exponents)))}
+    return out
+
+
 def two_layer_combinations(roles: Sequence[str]) -> list[tuple[str, str]]:
     """Table 2 / 6: every (fc layer, conv layer) pair among ``roles`` (paper names), high first."""
     fcs = [r for r in PAPER_LAYER_ORDER if r in roles and r.startswith("fc")]

@@ -728,6 +728,36 @@ class RoISet:
         return [b[1:1 + k] for b in self.boxes]
 
 
+def box_coverage(boxes, image_hw: tuple[int, int]) -> float:
+    """Share (0..1) of an ``H x W`` image's pixels inside at least one of ``boxes``
+    (``[x1, y1, x2, y2]`` in pixels, exclusive ends): how much of the image a set of RoIs describes."""
+    height, width = (positive_int("image height", image_hw[0]), positive_int("image width", image_hw[1]))
+    covered = np.zeros((height, width), dtype=bool)
+    for x1, y1, x2, y2 in np.asarray(boxes, dtype=float).reshape(-1, 4):
+        covered[max(int(y1), 0):math.ceil(y2), max(int(x1), 0):math.ceil(x2)] = True
+    return float(covered.mean())
+
+
+def mean_roi_coverage(roi_set: "RoISet", k: int) -> float:
+    """Mean over the images of ``roi_set`` of the :func:`box_coverage` of their top ``k`` RoIs."""
+    return float(np.mean([box_coverage(b, hw) for b, hw in zip(roi_set.roi_boxes(k), roi_set.image_hw)]))
+
+
+def within_margin(comparison: dict, margin: float = 1.0) -> dict:
+    """The claim "b loses at most ``margin`` AP points against a" on a paired comparison made
+    without a direction (:func:`helpers.evaluate.paired_comparison`, ``expected=None``): reproduced
+    when the whole 95% interval lies above ``-margin``, contradicted when it lies below, not
+    separable otherwise. Returns a copy with ``claim`` set, so that ``claim_line`` prints it."""
+    from helpers.evaluate import CONTRADICTED, NOT_SEPARABLE, REPRODUCED
+
+    if not margin > 0:
+        raise ValueError(f"margin must be positive (AP points), got {margin}")
+    low, high = comparison["ci"]
+    result = type(comparison)(comparison)
+    result["claim"] = REPRODUCED if low > -margin else CONTRADICTED if high < -margin else NOT_SEPARABLE
+    return result
+
+
 def warp_crops(image: np.ndarray, boxes_px: np.ndarray, crop_size: int) -> list[np.ndarray]:
     """Crop each box out of ``image`` and warp it to ``crop_size x crop_size`` (bicubic), as the
     RoI is "fed directly into" a network with a fixed input size (sec. 3.2.3; R-CNN-style warp)."""

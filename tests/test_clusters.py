@@ -521,3 +521,15 @@ def test_regional_vectors_use_the_suite_l2_normalisation():
     V = np.random.default_rng(0).random((6, 10)).astype(np.float32)
     np.testing.assert_array_equal(hc.aggregate_regional_vectors(V), l2n_np(l2n_np(V).sum(axis=0)))
     assert not hasattr(hc, "_l2n_rows")
+
+
+def test_mean_precision_per_query_is_area_under_share_curve():
+    from helpers.clusters import mean_precision_per_query, share_at_or_above
+    per_query = [np.array([0.0, 0.5, 1.0]), np.array([0.2])]
+    values = mean_precision_per_query(per_query)
+    np.testing.assert_allclose(values, [50.0, 20.0])
+    t = np.linspace(0, 1, 100001)
+    area = np.trapezoid(share_at_or_above(per_query[0], t), t)
+    assert abs(100 * area - values[0]) < 0.1
+    with pytest.raises(ValueError, match="empty"):
+        mean_precision_per_query([])

@@ -400,6 +400,25 @@ def test_fusion_grid_corner_is_direct_concatenation(tiny):
         assert grid[name][1, 0] == pytest.approx(value) and grid[name][0, 1] == pytest.approx(value)
 
 
+def test_per_query_aps_of_grid_and_combinations_match_the_tables(tiny):
+    bb, ds, _ = tiny
+    sims = ml.MultiLayerFusion(bb, 64, layers=("fc2", "conv5_1", "conv3_1"), thresholds=(1, 1, 1),
+                               exponents=(1, 1, 1)).similarities(ds)
+    grid = ml.fusion_grid(ds, sims["fc2"], sims["conv3_1"], [0.2, 1.0], [0.45, 1.0])
+    aps = ml.fusion_grid_aps(ds, sims["fc2"], sims["conv3_1"], [0.2, 1.0], [0.45, 1.0])
+    assert aps.shape == (2, 2, ds.n_queries)
+    np.testing.assert_allclose(np.nanmean(aps, axis=2), grid["mAP_M"])
+    concat = per_query_ap(evaluate_scores(ds, sims["fc2"] + sims["conv3_1"]))
+    np.testing.assert_allclose(aps[1, 0], concat) and np.testing.assert_allclose(aps[0, 1], concat)
+    combos = ml.combination_aps(ds, sims, [("fc2", "conv3_1"), ("fc2", "conv5_1", "conv3_1")])
+    rows = ml.combination_rows(ds, sims, [("fc2", "conv3_1"), ("fc2", "conv5_1", "conv3_1")])
+    assert list(combos) == [r["layers"] for r in rows]
+    for row in rows:
+        for kind in ("concat", "fused"):
+            assert np.nanmean(combos[row["layers"]][kind]) == pytest.approx(row[f"{kind} mAP_M"])
+    np.testing.assert_allclose(combos["fc2+conv3_1"]["fused"], aps[0, 0])
+
+
 def test_tables_helpers(tiny):
     bb, ds, _ = tiny
     roles = ("fc2", "conv5_1", "conv4_1", "conv3_1")

@@ -409,3 +409,42 @@ def test_first_stage_words_are_assigned_by_helpers_bow():
     from helpers import features
 
     assert roi.load_split_image is features.load_split_image  # the one way to read a split's image
+
+
+# ------------------------------------------------------------------ coverage and margin claims
+
+def test_box_coverage_counts_the_union_of_overlapping_boxes_once():
+    boxes = np.array([[0, 0, 5, 10], [3, 0, 8, 10]])         # overlap of columns 3-4 counted once
+    assert roi.box_coverage(boxes, (10, 10)) == pytest.approx(0.8)
+    assert roi.box_coverage(np.zeros((0, 4)), (10, 10)) == 0.0
+    assert roi.box_coverage([[-5, -5, 50, 50]], (10, 20)) == 1.0    # clipped to the image
+
+
+def test_box_coverage_rejects_an_empty_image():
+    with pytest.raises(ValueError, match="image height"):
+        roi.box_coverage([[0, 0, 1, 1]], (0, 10))
+
+
+def test_mean_roi_coverage_averages_the_top_k_boxes_of_each_image():
+    boxes = [np.array([[0, 0, 10, 10], [0, 0, 10, 5], [0, 5, 10, 10]]),   # row 0: whole image
+             np.array([[0, 0, 10, 10], [0, 0, 5, 10], [5, 0, 10, 10]])]
+    feats = [np.zeros((3, 4)), np.zeros((3, 4))]
+    roi_set = roi.RoISet(boxes, feats, [(10, 10), (10, 10)], "max", 2)
+    assert roi.mean_roi_coverage(roi_set, 1) == pytest.approx(0.5)
+    assert roi.mean_roi_coverage(roi_set, 2) == pytest.approx(1.0)
+
+
+def test_within_margin_decides_on_the_interval_against_minus_margin():
+    from helpers.evaluate import CONTRADICTED, NOT_SEPARABLE, REPRODUCED, PairedComparison
+
+    def comp(low, high):
+        return PairedComparison(diff=(low + high) / 2, ci=(low, high), p=0.5, n_queries=70, n_groups=14,
+                                verdict="tie", claim=None)
+    assert roi.within_margin(comp(-0.8, 0.3), 1.0)["claim"] == REPRODUCED
+    assert roi.within_margin(comp(-3.0, -1.5), 1.0)["claim"] == CONTRADICTED
+    assert roi.within_margin(comp(-1.5, 0.2), 1.0)["claim"] == NOT_SEPARABLE
+    original = comp(-0.8, 0.3)
+    assert "reproduced" in roi.within_margin(original).claim_line("fast matching")
+    assert original["claim"] is None                                   # the input is left as it is
+    with pytest.raises(ValueError, match="margin"):
+        roi.within_margin(original, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import numbers
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -49,7 +50,7 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
             raise OptionError(f"option {name!r} must be an integer >= {minimum}, got {value!r}") from None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise OptionError(f"option {name!r} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 

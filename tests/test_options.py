@@ -74,3 +74,13 @@ def test_actnet_refuses_initial_values_its_activation_lacks(backbone):
         make_method("actnet", backbone, 128, activation="exp", gamma=1.0)
     with pytest.raises(OptionError, match="numbers"):
         make_method("actnet", backbone, 128, activation="exp", beta="steep")
+
+
+def test_numpy_integers_are_integers():
+    import numpy as np
+
+    from helpers.options import positive_int
+
+    assert positive_int("k", np.int64(3)) == 3
+    with pytest.raises(OptionError):
+        positive_int("k", np.int64(0))

@@ -365,7 +365,15 @@ class RetrievalDataset:
         labels = f", {len(set(self.instance_labels))} instance labels" if self.instance_labels else ""
         return (f"{self.name}: {self.n_db} database images, {self.n_queries} queries{labels}, "
                 f"protocol {self.protocol!r}, {mean_pos:.1f} positives per query, "
-                f"{n_boxes} query boxes, images in {self.root}")
+                f"{n_boxes} query boxes, images in {self._shown_root()}")
+
+    def _shown_root(self) -> str:
+        """The images folder relative to the data root when it lies there (so that printed summaries
+        name no path of the machine that printed them), else as given."""
+        try:
+            return self.root.resolve().relative_to(data_root().resolve()).as_posix()
+        except ValueError:
+            return str(self.root)
 
 
 def _safe_name(name: str) -> str:

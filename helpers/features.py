@@ -156,20 +156,28 @@ def _note_unreadable(dataset, entry: Path, split: str) -> None:
 
 
 def _check_args(image_size, split):
+    _check_split(split)
+    check_image_size(image_size)
+
+
+def _check_split(split):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    check_image_size(image_size)
+
+
+def _split_item(dataset, split, i):
+    """``(path, bbx)`` of image ``i`` of a split (see :func:`split_images`)."""
+    if split == "db":
+        return dataset.db_path(i), None
+    return dataset.query_path(i), dataset.gnd[i].get("bbx") if split == "query" else None
 
 
 def split_images(dataset, split):
     """``(path, bbx)`` for every image of a split: ``bbx`` is the query box for ``"query"`` (the
     image is cropped by it), ``None`` for ``"db"`` and ``"query_full"`` (the whole image)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if split == "db":
-        return [(dataset.db_path(i), None) for i in range(dataset.n_db)]
-    boxes = [g.get("bbx") if split == "query" else None for g in dataset.gnd]
-    return [(dataset.query_path(i), boxes[i]) for i in range(dataset.n_queries)]
+    _check_split(split)
+    n = dataset.n_db if split == "db" else dataset.n_queries
+    return [_split_item(dataset, split, i) for i in range(n)]
 
 
 def db_alias(dataset, split):
@@ -190,8 +198,8 @@ def db_alias(dataset, split):
 def load_split_image(dataset, split: str, index: int, max_side: int | None = None) -> np.ndarray:
     """Image ``index`` of a split as the extraction sees it (a query cropped by its box for
     ``split="query"``), resized to ``max_side`` on the long side: the one way to read a split's image."""
-    path, bbx = split_images(dataset, split)[index]
-    return _load(path, bbx, max_side)
+    _check_split(split)
+    return _load(*_split_item(dataset, split, index), max_side)
 
 
 def _load(path, bbx, max_side):

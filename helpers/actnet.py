@@ -1251,6 +1251,7 @@ class ACTNetMethod(RetrievalMethod):
     """
 
     needs_training = True
+    learns = "activation, power-normalisation and PCA-whitening layers by the triplet loss (frozen backbone)"
     #: the activation's initial values come as further keyword options (see the class docstring)
     extra_options = True
 

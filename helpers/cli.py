@@ -41,12 +41,20 @@ def _image_size(text: str) -> int:
 
 
 def _method_list(text: str) -> list[str]:
-    from .methods import available_methods
+    """Comma-separated method labels (a method name, or ``NAME+whiten``); ``all`` is the summary
+    chapter's rows (:data:`helpers.methods.STANDARD_ROWS`)."""
+    from .methods import STANDARD_ROWS, available_methods, resolve_method_label
 
-    names = available_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in available_methods()]
+    names = list(STANDARD_ROWS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = []
+    for name in names:
+        try:
+            resolve_method_label(name)
+        except ValueError:
+            unknown.append(name)
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(available_methods())} or all")
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {','.join(available_methods())} "
+                                         f"(optionally NAME+whiten) or all")
     return list(dict.fromkeys(names))
 
 
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
     ev.add_argument("--method", default="gem", choices=available_methods())
     ev.add_argument("--image-size", type=_image_size, default=None,
-                    help="long side in pixels (default: 640 for the demo sets, 1024 otherwise)")
+                    help="long side in pixels (default: 512 for the demo sets, 1024 otherwise)")
     ev.add_argument("--train-dataset", default=None,
                     help="dataset to learn whitening / heads on (default: a disjoint one)")
     ev.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
@@ -84,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare methods on the same queries (paired bootstrap)")
     cmp.add_argument("--dataset", required=True, help="as for evaluate")
     cmp.add_argument("--methods", required=True, type=_method_list,
-                     help=f"comma-separated, the first is the reference; or 'all' ({','.join(available_methods())})")
+                     help=f"comma-separated, the first is the reference ({','.join(available_methods())}; "
+                     "NAME+whiten for a PCA-whitened one); or 'all', the summary chapter's rows")
     cmp.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
     cmp.add_argument("--image-size", type=_image_size, default=None, help="as for evaluate")
     cmp.add_argument("--train-dataset", default=None, help="as for evaluate")

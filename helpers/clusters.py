@@ -892,6 +892,7 @@ class ActivationClustersMethod(RetrievalMethod):
     """
 
     layers = ("last_conv",)
+    learns = "PCA-whitening of the regional (per-cluster) vectors"
 
     def __init__(self, backbone, image_size: int, regions: RegionKind = "clusters", n_components: int | None = None,
                  cluster_counts: tuple[int, ...] | int = DEFAULT_CLUSTER_COUNTS,

@@ -433,6 +433,20 @@ def _bootstrap_means(values: np.ndarray, group_index: np.ndarray, n_resamples: i
     return sums[..., picks].sum(axis=-1) / sizes[picks].sum(axis=-1)
 
 
+def mean_interval(ap, groups=None, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                  confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-query values (e.g. :func:`per_query_ap`) and its bootstrap interval, ``(mean, low,
+    high)``: the same cluster bootstrap as :func:`paired_comparison` (queries of one instance,
+    ``groups``, resampled together), so a method's mAP and its paired differences share one machinery.
+    Queries with NaN are left out."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    (values,), group_index = _paired_rows(ap, groups=groups)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(_bootstrap_means(values, group_index, int(n_resamples), seed), [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
 def _sign_flip_p(diffs: np.ndarray, group_index: np.ndarray, n_resamples: int, seed: int) -> float:
     """Two-sided p-value of the paired permutation (sign-flip) test of a zero mean difference, the
     signs flipped per group: exact over all 2^g sign patterns for g <= 16 groups, else from

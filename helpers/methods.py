@@ -24,8 +24,8 @@ from .pooling import POOLINGS
 from .whitening import PCAWhitening
 
 __all__ = [
-    "PoolingMethod", "RetrievalMethod", "available_methods", "evaluate_method",
-    "make_method", "method_class", "register_method",
+    "STANDARD_ROWS", "PoolingMethod", "RetrievalMethod", "available_methods", "evaluate_method",
+    "make_method", "method_class", "register_method", "resolve_method_label",
 ]
 
 #: The one registry of methods: name -> the class, or ``"module:Class"`` where a method module defines
@@ -76,6 +76,8 @@ class RetrievalMethod:
     layers: tuple = ("last_conv",)
     #: whether :meth:`fit` learns something (then the CLI passes a training dataset)
     needs_training = False
+    #: what :meth:`fit` learns, in a few words (the summary table's column)
+    learns = "nothing"
 
     def __init__(self, backbone, image_size: int, **options):
         if options:
@@ -107,6 +109,7 @@ class PoolingMethod(RetrievalMethod):
     PCA-whitened (learned on the training dataset) and l2-normalised again; cosine similarity."""
 
     pooling = "gem"
+    learns = "PCA-whitening of the pooled vectors"
 
     def __init__(self, backbone, image_size, whiten: bool = False, whiten_dim: int | None = None,
                  whiten_shrinkage: float = 0.0, layer: str = "last_conv"):
@@ -145,6 +148,27 @@ for _pooling in POOLINGS:
 
 def available_methods() -> list[str]:
     return sorted(_REGISTRY)
+
+
+#: The rows of the summary chapter (07) and of ``python -m helpers compare --methods all``, each
+#: method at its documented default: a label is a method name, or ``NAME+whiten`` for that method
+#: with ``whiten=True`` (the PCA-whitened pooling baselines, learned on the training set).
+STANDARD_ROWS = (*POOLINGS, *(f"{p}+whiten" for p in POOLINGS), "ack", "actnet", "multilayer", "roi", "clusters")
+
+
+def resolve_method_label(label: str) -> tuple[str, dict]:
+    """``"gem"`` -> ``("gem", {})``; ``"gem+whiten"`` -> ``("gem", {"whiten": True})``. The suffix is
+    accepted for every method that declares a ``whiten`` option."""
+    from .options import option_specs
+
+    name, plus, variant = str(label).strip().partition("+")
+    method_class(name)  # an unknown name fails here, with the list of methods
+    if not plus:
+        return name, {}
+    if variant != "whiten" or "whiten" not in option_specs(method_class(name)):
+        raise ValueError(f"unknown method variant {label!r}: the only suffix is '+whiten', for a method "
+                         f"with a whiten option")
+    return name, {"whiten": True}
 
 
 def make_method(name: str, backbone, image_size: int, **options) -> RetrievalMethod:
@@ -189,12 +213,14 @@ def evaluate_method(dataset_name: str, backbone_name: str = "efficientnet_lite0"
     return results
 
 
-def split_method_options(method_names, options) -> dict[str, dict]:
+def split_method_options(method_names, options, label_methods=None) -> dict[str, dict]:
     """Spread ``(key, value)`` pairs over methods: ``method.key`` goes to that method, a plain ``key``
-    to every listed method that declares it (an error when none does)."""
+    to every listed method that declares it (an error when none does). ``label_methods`` maps row
+    labels such as ``"gem+whiten"`` to their method name (default: each label is a method name)."""
     from .options import OptionError, option_specs
 
-    classes = {name: method_class(name) for name in method_names}
+    label_methods = label_methods or {name: name for name in method_names}
+    classes = {name: method_class(label_methods[name]) for name in method_names}
     spread: dict[str, dict] = {name: {} for name in method_names}
     for key, value in options:
         target, _, option = key.rpartition(".")
@@ -223,12 +249,15 @@ def compare_methods(dataset_name: str, method_names, backbone_name: str = "effic
     """
     from .evaluate import paired_comparison, per_query_ap
 
-    method_names = list(method_names)
-    if len(method_names) < 1:
+    labels = list(method_names)
+    if len(labels) < 1:
         raise ValueError("name at least one method")
-    spread = split_method_options(method_names, options)
-    results = {name: evaluate_method(dataset_name, backbone_name, name, image_size, train_dataset, **spread[name])
-               for name in method_names}
+    resolved = {label: resolve_method_label(label) for label in labels}
+    spread = split_method_options(labels, options, {label: name for label, (name, _) in resolved.items()})
+    results = {label: evaluate_method(dataset_name, backbone_name, name, image_size, train_dataset,
+                                      **{**variant, **spread[label]})
+               for label, (name, variant) in resolved.items()}
+    method_names = labels
     first = method_names[0]
     groups = results[first].get("query_labels")  # queries of one instance are resampled together
     comparisons = {name: paired_comparison(per_query_ap(results[first]), per_query_ap(results[name]), groups=groups)

@@ -669,6 +669,8 @@ class MultiLayerFusion(RetrievalMethod):
     fc layers are used directly (l2-normalised); similarities are cosine similarities per layer.
     """
 
+    learns = "a visual vocabulary per conv layer (conv_encoding='bow')"
+
     def __init__(self, backbone, image_size, layers: str | tuple[str, ...] | None = None,
                  thresholds: tuple[float, ...] | None = None, exponents: tuple[float, ...] | None = None,
                  t: float | None = None, p: float | None = None, fusion: Fusion = "mapping",

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .evaluate import CONTRADICTED, NOT_SEPARABLE, REPRODUCED
+from .methods import STANDARD_ROWS
 
 __all__ = [
-    "PAPER_CLAIMS", "PAPERS", "ROW_LABELS", "SUMMARY_ROWS", "LEDGER_COLUMNS", "VERDICTS", "MIXED",
+    "PAPER_CLAIMS", "PAPERS", "ROW_LABELS", "LEDGER_COLUMNS", "VERDICTS", "MIXED",
     "NOT_TESTED", "NOT_EVALUATED", "LedgerError", "parse_claims_table", "readme_claims", "combine_verdicts",
     "find_claim_line",
     "validate_claims", "ledger_rows", "ledger_markdown",
@@ -51,16 +52,8 @@ NOT_EVALUATED = "not evaluated (no summary comparisons given)"
 #: paper short name -> its chapter.
 PAPERS = {"ACK": "02", "ACTNET": "03", "Multi-layer": "04", "RoI": "05", "Clusters": "06"}
 
-#: Rows of the summary chapter's table of methods -> (registered method name, options). Every row is
-#: the method at its documented defaults (the class docstrings in helpers/methods.py and
-#: helpers/{ack,actnet,multilayer,roi,clusters}.py); "+whiten" rows PCA-whiten the pooled vector
-#: with whitening learned on the training dataset.
-SUMMARY_ROWS: dict[str, tuple[str, dict]] = {
-    **{p: (p, {}) for p in ("mac", "spoc", "gem", "rmac", "crow")},
-    **{f"{p}+whiten": (p, {"whiten": True}) for p in ("mac", "spoc", "gem", "rmac", "crow")},
-    **{m: (m, {}) for m in ("ack", "actnet", "multilayer", "roi", "clusters")},
-}
-ROW_LABELS = tuple(SUMMARY_ROWS)
+#: Rows of the summary chapter's table of methods (helpers.methods.STANDARD_ROWS).
+ROW_LABELS = STANDARD_ROWS
 
 #: The columns of :func:`ledger_rows`, in order.
 LEDGER_COLUMNS = ("paper", "claim", "paper setting", "paper result", "our setting", "our evidence", "verdict")
@@ -104,10 +97,7 @@ _ACK_OURS = (f"{_EFFNET}: codes from conv_head (1280 kernels, ReLU6 outputs, tie
              "activation) instead of VGG16 / ResNet-50 last conv layers (512 / 2048 kernels), GeM "
              "brightening with a fixed p = 3")
 
-#: The claim lines notebook 05 prints for each RoI claim (prefixes). Its executed outputs do not reach the
-#: README's claims table yet (NOTES.md, Open), so the RoI claims cite them as "not tested yet"; once the
-#: README lists chapter-05 lines (tests/test_papers.py then fails), make :func:`_roi_evidence` return
-#: ``{"chapter_claim": _ROI_LINES[key]}``.
+#: The claim lines notebook 05 prints for each RoI claim (prefixes).
 _ROI_LINES = {
     "bow": ["Tables 1-2: re-ranking with fc (crop) RoIs", "Tables 1-2: re-ranking with max-pooling RoIs",
             "Tables 1-2: re-ranking with sum-pooling RoIs"],
@@ -119,9 +109,7 @@ _ROI_LINES = {
 
 
 def _roi_evidence(key: str) -> dict:
-    lines = "; ".join(repr(p + " ...") for p in _ROI_LINES[key])
-    return {"none": f"not tested yet: notebook 05 prints {lines}, but its executed outputs are not in the "
-                    "README's claims table yet (NOTES.md, Open), so there is no chapter-05 line to cite"}
+    return {"chapter_claim": _ROI_LINES[key]}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -934,6 +934,7 @@ class RoIMethod(RetrievalMethod):
     """
 
     needs_training = True
+    learns = "the first stage's SIFT vocabulary and the RoI features' PCA-whitening"
     layers = ("last_conv",)
 
     def __init__(self, backbone, image_size: int, feature: RoIFeature = "fc", k: int = 10, baseline: bool = False,

@@ -1,0 +1,194 @@
+"""Every method side by side on one dataset, backbone and protocol (chapter 07).
+
+One row per label of :data:`helpers.methods.STANDARD_ROWS` (a registered method at its documented
+default, or a pooling baseline with ``+whiten``), each with: the protocol's mAP and the bootstrap
+interval of the headline mAP (:func:`helpers.evaluate.mean_interval`), the per-query APs (for paired
+comparisons between rows), the bytes its descriptors take per database image, the time to describe
+one image (cold: on a few images, with an empty temporary feature cache), the time to search one
+query against the database, and what it learns on which training set.
+
+Timings are wall-clock on the machine that runs them: read them as orders of magnitude, not as
+benchmarks (``benchmarks/`` holds those).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SummaryRow", "descriptor_bytes", "evaluate_row", "one_query", "paired_matrix", "summary_rows",
+           "timing_subset"]
+
+
+@dataclass
+class SummaryRow:
+    """One method's line of the summary table."""
+
+    label: str
+    method: str
+    options: dict
+    results: dict
+    #: per-query AP of the headline setting (medium on revisited data), in points
+    ap: np.ndarray
+    #: (mean, low, high) of ``ap``: mAP and its 95% bootstrap interval (queries of an instance together)
+    interval: tuple
+    bytes_per_image: float
+    seconds_per_image: float
+    seconds_per_query: float
+    learns: str
+    train_dataset: str | None
+    notes: list = field(default_factory=list)
+
+
+def descriptor_bytes(desc) -> int:
+    """Bytes held by a method's descriptors: the arrays (numpy or torch) inside ``desc``, which may be
+    an array, a dict of arrays (one per layer) or a list of arrays (one per image)."""
+    if isinstance(desc, np.ndarray):
+        return int(desc.nbytes)
+    if hasattr(desc, "element_size") and hasattr(desc, "nelement"):  # a torch tensor
+        return int(desc.element_size() * desc.nelement())
+    if isinstance(desc, dict):
+        return sum(descriptor_bytes(v) for v in desc.values())
+    if isinstance(desc, (list, tuple)):
+        return sum(descriptor_bytes(v) for v in desc)
+    raise TypeError(f"cannot measure the size of a descriptor of type {type(desc).__name__}")
+
+
+def timing_subset(dataset, n_db: int = 4, n_queries: int = 2):
+    """The first ``n_db`` database images and ``n_queries`` queries of ``dataset`` as a dataset of its
+    own (another cache key, so that nothing computed for the full set is reused), for timing."""
+    from .data import RetrievalDataset
+
+    if n_db < 1 or n_queries < 1:
+        raise ValueError(f"a timing subset needs at least one image of each split, got {n_db}, {n_queries}")
+    n_db, n_queries = min(n_db, dataset.n_db), min(n_queries, dataset.n_queries)
+    gnd = [{"easy": [], "hard": [], "junk": [], "bbx": dataset.gnd[q]["bbx"]} for q in range(n_queries)]
+    return RetrievalDataset(
+        name=f"{dataset.name}-timing", root=dataset.root, imlist=dataset.imlist[:n_db],
+        qimlist=dataset.qimlist[:n_queries], gnd=gnd, protocol=dataset.protocol,
+        instance_labels=None if dataset.instance_labels is None else dataset.instance_labels[:n_db],
+        query_labels=None if dataset.query_labels is None else dataset.query_labels[:n_queries],
+        content_id=f"timing:{dataset.key}")
+
+
+@contextmanager
+def _empty_cache():
+    """Point the feature cache at an empty temporary directory for the duration."""
+    before = os.environ.get("INSTRET_CACHE")
+    with tempfile.TemporaryDirectory(prefix="instret-timing-") as tmp:
+        os.environ["INSTRET_CACHE"] = tmp
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("INSTRET_CACHE", None)
+            else:
+                os.environ["INSTRET_CACHE"] = before
+
+
+def _seconds_per_image(method, dataset, n_db: int, n_queries: int) -> float:
+    """Wall time of a whole search (description of every image, the method's first stage if any, and
+    the scoring) on a small subset with an empty cache, per image: what one new image costs."""
+    subset = timing_subset(dataset, n_db, n_queries)
+    with _empty_cache():
+        start = time.perf_counter()
+        method.search(subset)
+        elapsed = time.perf_counter() - start
+    return elapsed / (subset.n_db + subset.n_queries)
+
+
+def one_query(desc, q: int = 0):
+    """Query ``q``'s descriptor in the container the method uses (array rows, dict of arrays, list)."""
+    if isinstance(desc, dict):
+        return {key: one_query(value, q) for key, value in desc.items()}
+    if isinstance(desc, list):
+        return [desc[q]]
+    return desc[q:q + 1]
+
+
+def _seconds_per_query(method, dataset, queries, db, repeats: int = 5) -> float:
+    """Search time of one query against the whole database from computed descriptors (best of
+    ``repeats``). A method that re-ranks (its own ``search``: a first stage, then re-ranking) is
+    timed on its whole search with a warm cache, less the time to read its descriptors, per query."""
+    from .methods import RetrievalMethod
+
+    if type(method).search is RetrievalMethod.search:
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            method.score(one_query(queries), db)
+            best = min(best, time.perf_counter() - start)
+        return best
+    start = time.perf_counter()
+    method.describe(dataset, "query"), method.describe(dataset, "db")
+    reading = time.perf_counter() - start
+    start = time.perf_counter()
+    method.search(dataset)
+    return max(time.perf_counter() - start - reading, 0.0) / dataset.n_queries
+
+
+def evaluate_row(label: str, dataset, backbone, image_size: int, train=None, timing: bool = True,
+                 timing_images: tuple[int, int] = (4, 2)) -> SummaryRow:
+    """Fit (on ``train`` where the method learns something), search and evaluate one row."""
+    from .data import check_training_set
+    from .evaluate import evaluate_scores, mean_interval, per_query_ap
+    from .methods import make_method, resolve_method_label
+
+    name, options = resolve_method_label(label)
+    method = make_method(name, backbone, image_size, **options)
+    train_name = None
+    if method.needs_training:
+        if train is None:
+            raise ValueError(f"{label} learns on a training set: pass train=")
+        check_training_set(train, dataset)
+        method.fit(train)
+        train_name = train.name
+    scores = method.search(dataset)
+    results = evaluate_scores(dataset, scores)
+    ap = per_query_ap(results)
+    queries, db = method.describe(dataset, "query"), method.describe(dataset, "db")
+    row = SummaryRow(label=label, method=name, options=options, results=results, ap=ap,
+                     interval=mean_interval(ap, dataset.query_labels),
+                     bytes_per_image=descriptor_bytes(db) / dataset.n_db,
+                     seconds_per_image=np.nan, seconds_per_query=np.nan,
+                     learns=method.learns if method.needs_training else "nothing", train_dataset=train_name)
+    if timing:
+        row.seconds_per_image = _seconds_per_image(method, dataset, *timing_images)
+        row.seconds_per_query = _seconds_per_query(method, dataset, queries, db)
+    return row
+
+
+def summary_rows(labels, dataset, backbone, image_size: int, train=None, timing: bool = True,
+                 progress=None) -> dict[str, SummaryRow]:
+    """:func:`evaluate_row` for every label, ``{label: row}``; ``progress(label, seconds)`` is called
+    after each row."""
+    rows = {}
+    for label in labels:
+        start = time.perf_counter()
+        rows[label] = evaluate_row(label, dataset, backbone, image_size, train, timing)
+        if progress is not None:
+            progress(label, time.perf_counter() - start)
+    return rows
+
+
+def paired_matrix(rows: dict[str, SummaryRow], groups=None):
+    """Paired comparisons between every two rows: ``(labels, diff, low, high)``, ``diff[i, j]`` the
+    mean per-query AP difference row j - row i and ``[low, high]`` its 95% interval
+    (:func:`helpers.evaluate.paired_comparison`); a cell whose interval contains zero is not separable
+    on this data."""
+    from .evaluate import paired_comparison
+
+    labels = list(rows)
+    n = len(labels)
+    diff, low, high = (np.zeros((n, n)) for _ in range(3))
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            if i < j:
+                c = paired_comparison(rows[a].ap, rows[b].ap, groups=groups)
+                diff[i, j], (low[i, j], high[i, j]) = c["diff"], c["ci"]
+                diff[j, i], low[j, i], high[j, i] = -c["diff"], -c["ci"][1], -c["ci"][0]
+    return labels, diff, low, high

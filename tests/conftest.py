@@ -55,3 +55,22 @@ def realsmoke():
     if not REALSMOKE.is_dir():
         pytest.skip(f"{REALSMOKE} is not available")
     return REALSMOKE
+
+
+def pytest_addoption(parser):
+    parser.addoption("--browser", action="store_true", default=False,
+                     help="also run the tests marked 'browser' (JupyterLab in headless Chromium; run_tests.sh "
+                          "runs them after nbval)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives JupyterLab in a headless Chromium; runs only with --browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--browser"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("browser")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]

@@ -1,0 +1,115 @@
+"""Each chapter's widget works where a class uses it: JupyterLab in a headless Chromium.
+
+For every chapter ``notebooks/NN_*.ipynb`` a copy holding the cells up to its widget cell (the first
+cell calling ``viz.interactive_view``, or the cells tagged ``widget``) is opened in JupyterLab and
+run with the notebook's own "run all cells" command. Then the first control of each widget is moved
+twice (arrow keys on a slider, another option of a dropdown); each move must redraw the widget's
+image with different bytes, and no cell may show an error or a traceback. A screenshot per chapter
+goes to ``build/screenshots/<chapter>.png``.
+
+Runs only with ``pytest --browser`` (``run_tests.sh`` runs it after nbval, when the feature cache
+is warm). Skips, saying why, where no Chromium is found (``$INSTRET_CHROMIUM`` or ``chromium`` on
+PATH; ``.ci/run`` installs Debian's). ``$INSTRET_BROWSER_TIMEOUT`` bounds one chapter's cells
+(seconds, default 600)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import lab_session as lab
+
+pytestmark = pytest.mark.browser
+
+CELLS_TIMEOUT_S = float(os.environ.get("INSTRET_BROWSER_TIMEOUT", "600"))
+OPEN_TIMEOUT_S = 180.0
+REDRAW_TIMEOUT_S = 180.0
+VIEWPORT = {"width": 1400, "height": 1000}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+
+
+@pytest.fixture(scope="session")
+def chromium_path():
+    path = lab.find_browser()
+    if path is None:
+        pytest.skip("browser test skipped: no Chromium found (set INSTRET_CHROMIUM, or install Debian's: "
+                    "apt-get install chromium; .ci/run does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser test needs the Python package playwright (it drives the system's Chromium; "
+                    "no browser download): it is missing from this environment / requirements.lock")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    server = lab.LabServer(root, root / ".state", env={"INSTRET_PROGRESS": "0"})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("notebook", lab.chapters(), ids=lambda p: p.stem)
+def test_widget_redraws_in_browser(notebook, browser, lab_server, capsys):
+    import time
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    start = time.monotonic()
+    copy, cells = lab.widget_copy(notebook, lab_server.root)
+    if not cells:
+        pytest.fail(f"{notebook.name} has no widget: no code cell calls interactive_view( and none is tagged "
+                    f"{lab.WIDGET_TAG!r}")
+    run = lab.ChapterRun(notebook.stem, cells_run=cells[-1] + 1, widget_cells=tuple(cells))
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page_errors = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    lab.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        lab.open_notebook(page, lab_server, copy.relative_to(lab_server.root).as_posix(), OPEN_TIMEOUT_S)
+        run.open_s = time.monotonic() - start
+        t = time.monotonic()
+        try:
+            result = lab.run_all_cells(page, CELLS_TIMEOUT_S)
+        except PlaywrightTimeout:
+            raise AssertionError(f"{notebook.name}: the cells up to the widget did not finish within "
+                                 f"{CELLS_TIMEOUT_S:.0f} s (INSTRET_BROWSER_TIMEOUT; is the feature cache "
+                                 f"cold?): {lab.progress(page)}") from None
+        run.cells_s = time.monotonic() - t
+        shown = lab.errors(page)
+        assert result.get("ok") and not shown, (
+            f"{notebook.name}: running the cells up to the widget failed ({result}); errors shown: {shown}; "
+            f"{lab.progress(page)}")
+        t = time.monotonic()
+        moved = []
+        for k, index in enumerate(cells):
+            mark = f"widget-{k}"
+            assert lab.mark_cell(page, index, mark) == "code"
+            moved += lab.check_widget(page, mark, REDRAW_TIMEOUT_S)
+        run.widgets_s = time.monotonic() - t
+        run.moved = tuple(moved)
+        shown = lab.errors(page)
+        assert not shown, f"{notebook.name}: errors shown after moving the widget: {shown}"
+    finally:
+        try:
+            if cells:
+                lab.mark_cell(page, cells[-1], f"widget-{len(cells) - 1}")
+            page.screenshot(path=str(lab.SCREENSHOTS / f"{notebook.stem}.png"))
+        except Exception:
+            pass
+        context.close()
+        lab_server.shutdown_kernels()
+        run.total_s = time.monotonic() - start
+        with capsys.disabled():
+            print(f"\nbrowser {run.line()}" + (f"; page errors: {page_errors}" if page_errors else ""))

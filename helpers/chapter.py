@@ -13,23 +13,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Chapter", "FIGURE_STYLE", "setup", "use_figure_style"]
+__all__ = ["Chapter", "FIGURE_STYLE", "INLINE_FORMAT", "setup", "use_figure_style"]
 
-#: One look across the series: inline figures as JPEG at 72 dpi (keeps the committed notebooks small),
-#: saved figures as PNG at 100 dpi (:func:`helpers.viz.save_figure`), text at least 9 pt.
+#: One look across the series: inline figures as PNG at 72 dpi (a point is a pixel, so 9-pt text
+#: shows 9 px high in a figure no wider than ``helpers.viz.MAX_FIGURE_WIDTH``; PNG keeps thin lines
+#: and small numbers sharp where JPEG smears them), saved figures as PNG at 100 dpi
+#: (:func:`helpers.viz.save_figure`), text at least 9 pt.
+INLINE_FORMAT = "png"
 FIGURE_STYLE = {"figure.dpi": 72, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
-                "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9}
+                "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11}
 
 
 def use_figure_style() -> None:
-    """Apply :data:`FIGURE_STYLE` and inline JPEG output (when running inside IPython)."""
+    """Apply :data:`FIGURE_STYLE` and inline :data:`INLINE_FORMAT` output (when running inside IPython;
+    the same as ``%config InlineBackend.figure_formats = ['png']``)."""
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(FIGURE_STYLE)
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
 
-        set_matplotlib_formats("jpeg")
+        set_matplotlib_formats(INLINE_FORMAT)
     except Exception:  # outside a notebook kernel: nothing to configure
         pass
 

@@ -5,15 +5,48 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.patheffects as path_effects
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import to_rgb
 from matplotlib.patches import Rectangle
 
-__all__ = ["draw_boxes", "heatmap_over_image", "interactive_view", "label_colors", "mapping_over_histogram", "mosaic",
+__all__ = ["QUERY_BOX_COLOR", "draw_boxes", "heatmap_over_image", "interactive_view", "label_colors", "mapping_over_histogram", "mosaic",
            "query_thumbnail", "relevance_of", "result_strip", "save_figure", "show_boxes", "show_image", "show_labels"]
 
 #: border colours of a result strip
 RESULT_COLORS = {"positive": "#1a9850", "negative": "#d73027", "junk": "#969696", "query": "#4575b4"}
+
+#: the colour of a query's bounding box, in every figure of the series
+QUERY_BOX_COLOR = "yellow"
+
+#: the smallest text, in pixels as the notebook displays it (:func:`smallest_displayed_font`)
+MIN_FONT_PX = 9.0
+
+#: the width (pixels) of a notebook's output column: wider figures are shrunk to it, and their text with them
+OUTPUT_COLUMN_PX = 940
+
+#: the widest figure (inches) shown at full size in the output column at the series' 72 dpi
+MAX_FIGURE_WIDTH = 13.0
+
+
+def text_color_for(color) -> str:
+    """``"black"`` or ``"white"``, whichever reads better on ``color`` (its relative luminance)."""
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(color))
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
+def smallest_displayed_font(fig, column_px: float = OUTPUT_COLUMN_PX) -> float:
+    """The size in pixels of the smallest visible text of ``fig`` as a notebook shows it inline: points
+    are pixels at the series' 72 dpi, and a figure wider than the output column is shrunk to fit it."""
+    fig.canvas.draw()
+    width_px = fig.get_figwidth() * fig.dpi
+    shrink = min(1.0, column_px / width_px)
+    sizes = [t.get_fontsize() for t in fig.findobj(plt.Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes) * fig.dpi / 72 * shrink if sizes else float("inf")
+
+
+__all__ += ["MIN_FONT_PX", "smallest_displayed_font", "text_color_for"]
 
 
 def save_figure(fig, name: str, figure_dir, dpi: int = 100) -> Path:
@@ -38,26 +71,40 @@ def show_image(ax, img, title: str | None = None, fontsize: int = 9):
 
 
 def draw_boxes(ax, boxes, colors="yellow", labels=None, linewidth: float = 2.0, alpha: float = 1.0,
-               fontsize: float = 7):
+               fontsize: float = 10, outline: bool = True):
     """Boxes ``[x1, y1, x2, y2]`` (pixels) on what ``ax`` shows, box ``k`` in ``colors[k]`` (or all in
-    one colour), with ``labels[k]`` written in its corner when labels are given."""
+    one colour), with ``labels[k]`` written in its top-left corner when labels are given.
+
+    ``outline`` draws a dark edge around each line, so that a yellow or cyan box stays visible on a
+    light image. A label is written in black or white, whichever reads on its box's colour; labels
+    whose corners fall close together are stacked downwards instead of covering each other."""
     boxes = [] if boxes is None else list(boxes)
     if isinstance(colors, str):
         colors = [colors] * len(boxes)
     if len(colors) < len(boxes):
         raise ValueError(f"{len(boxes)} boxes but only {len(colors)} colours")
     labels = None if labels is None else list(labels)
+    stroke = [path_effects.Stroke(linewidth=linewidth + 2, foreground="black"), path_effects.Normal()]
+    placed = []  # (x, y) in points of the labels written so far
     for k, (box, color) in enumerate(zip(boxes, colors)):
         x1, y1, x2, y2 = [float(v) for v in box]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=linewidth,
-                               alpha=alpha))
+                               alpha=alpha, path_effects=stroke if outline else None))
         if labels is not None:
-            ax.text(x1 + 2, y1 + 2, str(labels[k]), color="white", fontsize=fontsize, va="top",
-                    bbox=dict(facecolor=color, edgecolor="none", pad=1, alpha=0.8))
+            text = str(labels[k])
+            anchor = ax.transData.transform((x1, y1)) * 72 / ax.figure.dpi
+            size = (0.62 * fontsize * len(text) + 6, 1.5 * fontsize)  # the label's box in points
+            dy = 0.0
+            while any(abs(anchor[0] - px) < size[0] and abs(anchor[1] - dy - py) < size[1] for px, py in placed):
+                dy += size[1]
+            placed.append((anchor[0], anchor[1] - dy))
+            ax.annotate(text, (x1, y1), xytext=(3, -3 - dy), textcoords="offset points", color=text_color_for(color),
+                        fontsize=fontsize, va="top", ha="left", annotation_clip=False,
+                        bbox=dict(facecolor=color, edgecolor="black", linewidth=0.8, pad=1.5, alpha=0.9))
     return ax
 
 
-def show_boxes(ax, img, boxes, colors="yellow", labels=None, linewidth: float = 2.0, title=None):
+def show_boxes(ax, img, boxes, colors=QUERY_BOX_COLOR, labels=None, linewidth: float = 2.0, title=None):
     """Draw ``img`` and boxes ``[x1, y1, x2, y2]`` (pixels) on ``ax``."""
     show_image(ax, img, title)
     return draw_boxes(ax, boxes, colors, labels, linewidth)
@@ -81,21 +128,31 @@ def mosaic(maps, cols: int = 4, gap: int = 1) -> np.ndarray:
 
 
 def heatmap_over_image(ax, img, amap, alpha: float = 0.5, cmap: str = "jet", title=None,
-                       interpolation: str = "bilinear", vmin=None, vmax=None):
+                       interpolation: str = "bilinear", vmin=None, vmax=None, colorbar=None):
     """An activation map (any ``h x w``) stretched over the image it came from (``vmin`` / ``vmax``
-    fix the colour scale; ``ax.images[-1]`` is the map, e.g. for a colour bar)."""
+    fix the colour scale; ``ax.images[-1]`` is the map). ``colorbar``: a label (or True) adds a
+    colour bar beside the axes, so that a colour reads as a value."""
     show_image(ax, img, title)
     H, W = img.shape[:2]
     amap = np.asarray(amap, dtype=np.float32)
-    ax.imshow(amap, cmap=cmap, alpha=alpha, extent=(0, W, H, 0), interpolation=interpolation, vmin=vmin, vmax=vmax)
+    shown = ax.imshow(amap, cmap=cmap, alpha=alpha, extent=(0, W, H, 0), interpolation=interpolation, vmin=vmin,
+                      vmax=vmax)
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
+    if colorbar is not None and colorbar is not False:
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.solids.set_alpha(1.0)
+        if isinstance(colorbar, str):
+            bar.set_label(colorbar)
     return ax
 
 
-def show_labels(ax, img, labels, title=None, alpha: float = 0.6):
+def show_labels(ax, img, labels, title=None, alpha: float = 0.6, borders: bool = True):
     """A label map (``h x w`` cells, e.g. clusters) stretched over the image, one colour per label
-    (:func:`label_colors`)."""
+    (:func:`label_colors`: tab10 up to 10 labels), with dark lines between cells of different labels
+    (``borders``) so that neighbouring regions stay apart where their colours mix with the photo."""
+    from matplotlib.collections import LineCollection
+
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be an h x w array, got shape {labels.shape}")
@@ -104,6 +161,14 @@ def show_labels(ax, img, labels, title=None, alpha: float = 0.6):
     colours = label_colors(np.unique(labels).tolist())
     rgb = np.array([colours[v][:3] for v in labels.ravel()]).reshape(labels.shape + (3,))
     ax.imshow(rgb, alpha=alpha, extent=(0, W, H, 0), interpolation="nearest")
+    if borders:
+        h, w = labels.shape
+        sx, sy = W / w, H / h
+        rows, cols = np.nonzero(labels[:, 1:] != labels[:, :-1])
+        segments = [[((c + 1) * sx, r * sy), ((c + 1) * sx, (r + 1) * sy)] for r, c in zip(rows, cols)]
+        rows, cols = np.nonzero(labels[1:, :] != labels[:-1, :])
+        segments += [[(c * sx, (r + 1) * sy), ((c + 1) * sx, (r + 1) * sy)] for r, c in zip(rows, cols)]
+        ax.add_collection(LineCollection(segments, colors="black", linewidths=1.2))
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
     return ax
@@ -128,14 +193,15 @@ def mapping_over_histogram(ax, values, x, mapped, values_label: str, mapping_lab
     if title:
         ax.set_title(title, fontsize=9)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    twin.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=9)
     return twin
 
 
-def label_colors(labels, palette: str = "tab20"):
-    """One colour per distinct label, stable for a given label set."""
-    cmap = plt.get_cmap(palette)
+def label_colors(labels, palette: str | None = None):
+    """One colour per distinct label, stable for a given label set: ``palette`` None takes tab10 for
+    up to 10 labels (the most distinct qualitative colours), tab20 for more."""
     distinct = sorted(set(labels))
+    cmap = plt.get_cmap(palette or ("tab10" if len(distinct) <= 10 else "tab20"))
     return {lab: cmap(i % cmap.N) for i, lab in enumerate(distinct)}
 
 
@@ -168,10 +234,10 @@ def query_thumbnail(dataset, q: int, max_side: int = 256):
 
 
 def result_strip(axes, query_img, ranked_imgs, relevances, query_title="query", titles=None, query_box=None):
-    """One row: the query (blue border, its box in yellow) then the top results with green (right),
+    """One row: the query (blue border, its box in :data:`QUERY_BOX_COLOR`) then the top results with green (right),
     red (wrong) or grey (junk, ignored by the protocol) borders. ``axes`` has ``1 + len(ranked_imgs)``
     axes."""
-    show_boxes(axes[0], query_img, [query_box] if query_box is not None else [], "yellow", title=query_title)
+    show_boxes(axes[0], query_img, [query_box] if query_box is not None else [], QUERY_BOX_COLOR, title=query_title)
     _border(axes[0], RESULT_COLORS["query"])
     for k, (ax, img, rel) in enumerate(zip(axes[1:], ranked_imgs, relevances)):
         show_image(ax, img, titles[k] if titles else f"#{k + 1}")
@@ -219,10 +285,11 @@ def ground_truth_figure(dataset, q: int, image_size: int, n_each: int = 3):
 
     groups = [("easy", "#1a9850"), ("hard", "#fc8d59"), ("junk", "#969696")]
     picks = [(i, kind, color) for kind, color in groups for i in dataset.gnd[q].get(kind, [])[:n_each]]
-    fig, axes = plt.subplots(1, 1 + len(picks), figsize=(2.1 * (1 + len(picks)), 2.6), squeeze=False)
+    side = min(2.1, MAX_FIGURE_WIDTH / (1 + len(picks)))  # the whole row within the output column
+    fig, axes = plt.subplots(1, 1 + len(picks), figsize=(side * (1 + len(picks)), side + 0.6), squeeze=False)
     query, box = query_thumbnail(dataset, q, image_size)
     label = dataset.query_labels[q] if dataset.query_labels else f"query {q}"
-    show_boxes(axes[0, 0], query, [box] if box is not None else [], "yellow", title=f"query: {label}")
+    show_boxes(axes[0, 0], query, [box] if box is not None else [], QUERY_BOX_COLOR, title=f"query: {label}")
     for ax, (i, kind, color) in zip(axes[0, 1:], picks):
         show_image(ax, load_image(dataset.db_path(i), max_side=image_size // 2), kind)
         _border(ax, color)
@@ -242,9 +309,10 @@ def channel_figure(backbone, image, layer: str, rank: int = 0):
     if not 0 <= rank < len(order):
         raise ValueError(f"rank must lie in [0, {len(order) - 1}] (the channels of {layer}), got {rank}")
     c = int(order[rank])
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(7.4, 2.9))
     show_image(axes[0], image, "image")
-    heatmap_over_image(axes[1], image, fmap[c].float().cpu().numpy(), title=f"{layer}, channel {c} (rank {rank})")
+    heatmap_over_image(axes[1], image, fmap[c].float().cpu().numpy(), title=f"{layer}, channel {c} (rank {rank})",
+                       colorbar="activation")
     fig.tight_layout()
     return fig, c
 
@@ -253,9 +321,10 @@ __all__ += ["channel_figure"]
 
 
 def pooling_panels_figure(image, fmap, p: float = 3.0, L: int = 3):
-    """Where each pooling takes its information from on one ``C x h x w`` map of ``image``: MAC (log
-    count of channels peaking per cell), SPoC (mean activation), GeM (each cell's share of the sum of
-    x^p), CroW (spatial weights) and the R-MAC regions (one colour per scale)."""
+    """Where each pooling takes its information from on one ``C x h x w`` map of ``image``. Upper
+    row: the image, MAC (log count of channels peaking per cell), SPoC (mean activation), GeM (each
+    cell's share of the sum of x^p), CroW (spatial weights), each with its colour bar. Lower row: the
+    R-MAC regions, one level ``l = 1..L`` per panel, each square in its own colour."""
     import torch
 
     from . import pooling
@@ -264,21 +333,27 @@ def pooling_panels_figure(image, fmap, p: float = 3.0, L: int = 3):
     C, h, w = fmap.shape
     mac_counts = torch.bincount(fmap.reshape(C, -1).argmax(dim=1), minlength=h * w).reshape(h, w).float()
     gem_mass = fmap.clamp(min=1e-6).pow(p).sum(0)
-    panels = [("MAC: where channels peak (log count)", torch.log1p(mac_counts)), ("SPoC: mean activation", fmap.mean(0)),
-              (f"GeM p={p:g}: share of sum x^p", gem_mass / gem_mass.sum()),
-              ("CroW: spatial weights s", pooling.crow_spatial_weights(fmap))]
-    fig, axes = plt.subplots(1, 6, figsize=(19, 2.9))
-    show_image(axes[0], image, "image")
-    for ax, (title, amap) in zip(axes[1:5], panels):
-        heatmap_over_image(ax, image, amap.numpy(), alpha=0.55, title=title)
-    sx, sy = image.shape[1] / w, image.shape[0] / h
+    panels = [("MAC: where channels\npeak", torch.log1p(mac_counts), "log(1 + channels)"),
+              ("SPoC: mean activation", fmap.mean(0), "mean over channels"),
+              (f"GeM p={p:g}: each cell's\nshare of the sum of x^p", gem_mass / gem_mass.sum(), "share"),
+              ("CroW: spatial\nweights s", pooling.crow_spatial_weights(fmap), "weight")]
     regions = pooling.rmac_regions(h, w, L=L)
-    sides = sorted({r[2] for r in regions}, reverse=True)  # one region side per scale; insets keep nested edges apart
-    colors = dict(zip(sides, ["#e41a1c", "#ffd700", "#00bfff", "#984ea3", "#ff7f00"]))
-    boxes = [[x * sx + 2 * k, y * sy + 2 * k, (x + rw) * sx - 2 * k, (y + rh) * sy - 2 * k]
-             for x, y, rw, rh in regions for k in [sides.index(rw)]]
-    show_boxes(axes[5], image, boxes, [colors[r[2]] for r in regions], linewidth=1.2,
-               title=f"R-MAC: {len(regions)} regions (red/yellow/blue: l=1/2/3)")
+    sides = sorted({r[2] for r in regions}, reverse=True)  # one square side per level, largest first
+    cols = max(5, len(sides))
+    fig, axes = plt.subplots(2, cols, figsize=(MAX_FIGURE_WIDTH, 5.8), squeeze=False)
+    show_image(axes[0, 0], image, "image")
+    for ax, (title, amap, label) in zip(axes[0, 1:5], panels):
+        heatmap_over_image(ax, image, amap.numpy(), alpha=0.55, title=title, colorbar=label)
+    sx, sy = image.shape[1] / w, image.shape[0] / h
+    palette = [plt.cm.tab10(i) for i in range(10)]
+    for ax, side in zip(axes[1], sides):
+        level = [r for r in regions if r[2] == side]
+        boxes = [[x * sx + 3, y * sy + 3, (x + rw) * sx - 3, (y + rh) * sy - 3] for x, y, rw, rh in level]
+        show_boxes(ax, image, boxes, [palette[k % 10] for k in range(len(level))], linewidth=2.0,
+                   title=f"R-MAC level l={sides.index(side) + 1}:\n{len(level)} squares of {side}x{side} cells")
+    for ax in list(axes[0, 5:]) + list(axes[1, len(sides):]):
+        ax.axis("off")
+    fig.suptitle(f"What each pooling keeps of one {h}x{w} map ({len(regions)} R-MAC regions for L={L})")
     fig.tight_layout()
     return fig
 
@@ -286,27 +361,143 @@ def pooling_panels_figure(image, fmap, p: float = 3.0, L: int = 3):
 __all__ += ["pooling_panels_figure"]
 
 
+def _ranked_row(row, dataset, scores, q, top_k, ranks, query_title, max_side):
+    from .images import load_image
+
+    query_img, query_box = query_thumbnail(dataset, q, max_side)
+    top = ranks[:top_k, q]
+    result_strip(row, query_img, [load_image(dataset.db_path(i), max_side=max_side) for i in top],
+                 [relevance_of(dataset.gnd[q], int(i)) for i in top], query_title=query_title, query_box=query_box,
+                 titles=[f"#{k + 1} ({scores[i, q]:.2f})" for k, i in enumerate(top)])
+
+
+def _checked_scores(dataset, scores):
+    scores = np.asarray(scores)
+    if scores.shape != (dataset.n_db, dataset.n_queries):
+        raise ValueError(f"scores must be n_db x n_queries = {(dataset.n_db, dataset.n_queries)}, got {scores.shape}")
+    return scores
+
+
 def result_strips(dataset, scores, queries, top_k: int = 8, title: str = "", max_side: int = 256):
     """One :func:`result_strip` row per query of ``queries``: the query then its ``top_k`` results
     under ``scores`` (n_db x n_q similarities), each titled with its rank and score."""
     from .evaluate import ranks_from_scores
-    from .images import load_image
 
-    scores = np.asarray(scores)
-    if scores.shape != (dataset.n_db, dataset.n_queries):
-        raise ValueError(f"scores must be n_db x n_queries = {(dataset.n_db, dataset.n_queries)}, got {scores.shape}")
+    scores = _checked_scores(dataset, scores)
     ranks = ranks_from_scores(scores)
-    fig, axes = plt.subplots(len(queries), 1 + top_k, figsize=(1.9 * (1 + top_k), 1.9 * len(queries)), squeeze=False)
+    side = min(1.9, MAX_FIGURE_WIDTH / (1 + top_k))
+    fig, axes = plt.subplots(len(queries), 1 + top_k, figsize=(side * (1 + top_k), (side + 0.25) * len(queries) + 0.4),
+                             squeeze=False)
     for row, q in zip(axes, queries):
-        query_img, query_box = query_thumbnail(dataset, q, max_side)
-        top = ranks[:top_k, q]
         label = dataset.query_labels[q] if dataset.query_labels else f"query {q}"
-        result_strip(row, query_img, [load_image(dataset.db_path(i), max_side=max_side) for i in top],
-                     [relevance_of(dataset.gnd[q], int(i)) for i in top], query_title=label, query_box=query_box,
-                     titles=[f"#{k + 1} ({scores[i, q]:.2f})" for k, i in enumerate(top)])
+        _ranked_row(row, dataset, scores, q, top_k, ranks, label, max_side)
     fig.suptitle(f"{title}: top {top_k} (green right, red wrong, grey junk)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 __all__ += ["result_strips"]
+
+
+def method_strips(dataset, scores_by_method: dict, query: int, top_k: int = 6, max_side: int = 256):
+    """One query's top ``top_k`` under several methods, one row per method (``{name: n_db x n_q
+    scores}``), each row titled with the method's name and the query's AP under it."""
+    from .evaluate import evaluate_scores, per_query_ap, ranks_from_scores
+
+    side = min(1.9, MAX_FIGURE_WIDTH / (1 + top_k))
+    fig, axes = plt.subplots(len(scores_by_method), 1 + top_k,
+                             figsize=(side * (1 + top_k), (side + 0.45) * len(scores_by_method) + 0.4), squeeze=False)
+    label = dataset.query_labels[query] if dataset.query_labels else f"query {query}"
+    for row, (name, scores) in zip(axes, scores_by_method.items()):
+        scores = _checked_scores(dataset, scores)
+        ap = per_query_ap(evaluate_scores(dataset, scores))[query]
+        _ranked_row(row, dataset, scores, query, top_k, ranks_from_scores(scores), f"{name}\nAP {ap:.1f}", max_side)
+    fig.suptitle(f"query {query} ({label}): top {top_k} (green right, red wrong, grey junk)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["method_strips"]
+
+
+#: colours of ranked boxes (Set1 without its yellow, the query box's colour): distinct on photos
+BOX_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+
+
+def ranked_boxes(ax, img, boxes, title=None, max_boxes: int = 5, labels=None, fontsize: float = 10):
+    """The first ``max_boxes`` of ``boxes`` (``[x1, y1, x2, y2]`` pixels, best first) on ``img``, each
+    in its own colour of :data:`BOX_COLORS` with a dark outline, labelled with its rank (or
+    ``labels``): few boxes, so that each can be followed. Returns the boxes drawn."""
+    if max_boxes > len(BOX_COLORS):
+        raise ValueError(f"at most {len(BOX_COLORS)} boxes can get distinct colours, got max_boxes={max_boxes}")
+    H, W = img.shape[:2]
+    m = 2.0  # a box along the image frame is drawn just inside it, not half hidden by the frame
+    boxes = [[min(max(float(x1), m), W - m), min(max(float(y1), m), H - m), max(min(float(x2), W - m), m),
+              max(min(float(y2), H - m), m)] for x1, y1, x2, y2 in list(boxes)[:max_boxes]]
+    show_image(ax, img, title)
+    labels = list(range(1, len(boxes) + 1)) if labels is None else list(labels)[:len(boxes)]
+    draw_boxes(ax, boxes, list(BOX_COLORS[:len(boxes)]), labels=labels, linewidth=2.5, fontsize=fontsize)
+    return boxes
+
+
+def annotated_grid(ax, values, row_values, col_values, center: float, marked=None,
+                   cmap: str = "RdBu_r", colorbar: str | None = None, fontsize: float = 9):
+    """A table of numbers as a heat map (rows ``row_values`` bottom to top, columns ``col_values``),
+    its colours diverging around ``center``, every cell's value written in black or white from the
+    cell's own colour. ``marked`` = ``(row value, column value)`` frames that cell and stars its row
+    and column on the axes (in bold), so that nothing is drawn over its number. Returns the image."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = np.asarray(values, dtype=float)
+    if values.shape != (len(row_values), len(col_values)):
+        raise ValueError(f"values must be {len(row_values)} x {len(col_values)}, got {values.shape}")
+    span = max(np.nanmax(np.abs(values - center)) if np.isfinite(values).any() else 0.0, 0.5)
+    norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
+    im = ax.imshow(values, origin="lower", cmap=cmap, aspect="auto", norm=norm)
+    colormap = plt.get_cmap(cmap)
+    mark = None
+    if marked is not None and marked[0] in list(row_values) and marked[1] in list(col_values):
+        mark = (list(row_values).index(marked[0]), list(col_values).index(marked[1]))
+    for a in range(values.shape[0]):
+        for b in range(values.shape[1]):
+            v = values[a, b]
+            color = text_color_for(colormap(norm(v))) if np.isfinite(v) else "black"
+            ax.text(b, a, "–" if not np.isfinite(v) else f"{v:.1f}", ha="center", va="center", fontsize=fontsize,
+                    color=color)
+    cols = [f"{v:g}" for v in col_values]
+    rows = [f"{v:g}" for v in row_values]
+    if mark is not None:
+        a, b = mark
+        ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, ec="black", lw=2.2))
+        rows[a], cols[b] = f"★ {rows[a]}", f"{cols[b]}\n★"
+    ax.set_xticks(range(len(col_values)), cols)
+    ax.set_yticks(range(len(row_values)), rows)
+    if mark is not None:
+        ax.get_xticklabels()[mark[1]].set_fontweight("bold")
+        ax.get_yticklabels()[mark[0]].set_fontweight("bold")
+    if colorbar is not None:
+        ax.figure.colorbar(im, ax=ax, shrink=0.85, label=colorbar)
+    return im
+
+
+def clusters_figure(images, norm_maps, label_maps, titles, n_clusters: int, title: str = ""):
+    """Fig. 7 of the clusters chapter: per image (one column each) the image, the l2 norm of its local
+    descriptors over it (with a colour bar) and its clusters (:func:`show_labels`)."""
+    if not len(images) == len(norm_maps) == len(label_maps) == len(titles):
+        raise ValueError("images, norm_maps, label_maps and titles must have one entry per image")
+    n = len(images)
+    side = min(3.0, MAX_FIGURE_WIDTH / n)
+    fig, axes = plt.subplots(3, n, figsize=(side * n + 0.6, 3 * side + 0.4), squeeze=False)
+    for col, (img, norms, labels, name) in enumerate(zip(images, norm_maps, label_maps, titles)):
+        show_image(axes[0, col], img, name)
+        heatmap_over_image(axes[1, col], img, np.asarray(norms), alpha=0.6, colorbar="l2 norm" if col == n - 1 else True)
+        show_labels(axes[2, col], img, labels)
+    axes[1, 0].set_ylabel("l2 norm of\nthe descriptors")
+    axes[2, 0].set_ylabel(f"{n_clusters} clusters")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["BOX_COLORS", "annotated_grid", "clusters_figure", "ranked_boxes"]

@@ -59,6 +59,8 @@ def test_draw_boxes_adds_one_patch_per_box_and_labels():
     viz.draw_boxes(ax, [[1, 2, 10, 20], [5, 5, 30, 30]], ["red", "blue"], labels=[1, 2], alpha=0.5)
     assert len(ax.patches) == 2 and [t.get_text() for t in ax.texts] == ["1", "2"]
     assert ax.patches[0].get_width() == 9 and ax.patches[0].get_alpha() == 0.5
+    assert ax.patches[0].get_path_effects()                           # the dark outline
+    assert [t.get_color() for t in ax.texts] == ["black", "white"]    # the better contrast on red, on blue
     with pytest.raises(ValueError, match="colours"):
         viz.draw_boxes(ax, [[1, 2, 10, 20], [5, 5, 30, 30]], ["red"])
     plt.close(fig)
@@ -110,4 +112,93 @@ def test_mapping_over_histogram_draws_the_mapping_and_the_identity():
     assert [t.get_text() for t in twin.get_legend().get_texts()] == ["S", "f(S)", "identity (concatenation)"]
     with pytest.raises(ValueError, match="same shape"):
         viz.mapping_over_histogram(ax, x, x, x[:3], "S", "f", "S")
+    plt.close(fig)
+
+
+def test_text_color_for_follows_the_luminance():
+    assert viz.text_color_for("yellow") == "black" and viz.text_color_for("white") == "black"
+    assert viz.text_color_for("navy") == "white" and viz.text_color_for("black") == "white"
+
+
+def _label_boxes(ax):
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in ax.texts]
+
+
+def test_draw_boxes_stacks_labels_of_boxes_sharing_a_corner():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    viz.show_image(ax, np.zeros((300, 400, 3), np.uint8))
+    viz.draw_boxes(ax, [[0, 0, 400, 300], [0, 0, 200, 150], [2, 1, 100, 80], [300, 200, 390, 290]],
+                   ["yellow", "navy", "cyan", "lime"], labels=["#1042", "#1262", "#872", "4"])
+    extents = _label_boxes(ax)
+    assert len(extents) == 4
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not extents[i].overlaps(extents[j]), (i, j)
+    assert [t.get_color() for t in ax.texts] == ["black", "white", "black", "black"]
+    plt.close(fig)
+
+
+def test_ranked_boxes_draws_few_distinct_labelled_boxes():
+    fig, ax = plt.subplots()
+    boxes = [[i, i, 50 + i, 40 + i] for i in range(0, 50, 2)]   # 25 nested boxes
+    drawn = viz.ranked_boxes(ax, np.zeros((100, 120, 3), np.uint8), boxes, "RoIs")
+    assert len(drawn) == 5 and len(ax.patches) == 5
+    colours = {matplotlib.colors.to_hex(p.get_edgecolor()) for p in ax.patches}
+    assert len(colours) == 5 and viz.QUERY_BOX_COLOR not in colours
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "4", "5"]
+    extents = _label_boxes(ax)
+    assert not any(extents[i].overlaps(extents[j]) for i in range(5) for j in range(i + 1, 5))
+    with pytest.raises(ValueError, match="distinct colours"):
+        viz.ranked_boxes(ax, np.zeros((10, 10, 3), np.uint8), boxes, max_boxes=20)
+    plt.close(fig)
+
+
+def test_show_labels_uses_tab10_and_draws_borders_between_clusters():
+    fig, ax = plt.subplots()
+    labels = np.array([[0, 0, 1], [2, 1, 1]])
+    viz.show_labels(ax, np.zeros((20, 30, 3), np.uint8), labels)
+    colours = viz.label_colors([0, 1, 2])
+    assert colours[1] == plt.get_cmap("tab10")(1)
+    (borders,) = ax.collections
+    # vertical: (0,1)|(0,2), (1,0)|(1,1); horizontal: (0,0)/(1,0), (0,1)/(1,1)
+    assert len(borders.get_segments()) == 4
+    assert len(set(viz.label_colors(range(10)).values())) == 10
+    assert len(set(viz.label_colors(range(15)).values())) == 15
+    plt.close(fig)
+
+
+def test_heatmap_over_image_adds_a_labelled_colour_bar():
+    fig, ax = plt.subplots()
+    viz.heatmap_over_image(ax, np.zeros((20, 30, 3), np.uint8), np.array([[0.2, 0.4]]), colorbar="activation")
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "activation"
+    plt.close(fig)
+
+
+def test_annotated_grid_writes_readable_numbers_and_marks_the_cell_beside_its_value():
+    fig, ax = plt.subplots(figsize=(6, 5))
+    values = np.array([[40.0, 50.0, 60.0], [45.0, 50.0, 55.0]])
+    viz.annotated_grid(ax, values, [0.1, 0.2], [0.25, 0.45, 1.0], center=50.0, marked=(0.2, 0.45),
+                       colorbar="mAP (%)")
+    texts = {t.get_text(): t for t in ax.texts}
+    assert len(ax.texts) == 6
+    assert texts["40.0"].get_color() == "white" and texts["60.0"].get_color() == "white"   # dark ends of RdBu
+    assert texts["45.0"].get_color() == "black"                                           # a light cell
+    assert not ax.lines                                                                   # nothing over a number
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.1", "★ 0.2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.25", "0.45\n★", "1"]
+    (frame,) = ax.patches
+    assert frame.get_xy() == (0.5, 0.5) and len(fig.axes) == 2                           # framed cell, colour bar
+    with pytest.raises(ValueError):
+        viz.annotated_grid(ax, values.T, [0.1, 0.2], [0.25, 0.45, 1.0], center=50.0)
+    plt.close(fig)
+
+
+def test_smallest_displayed_font_shrinks_with_wide_figures():
+    fig = plt.figure(figsize=(6, 2), dpi=72)
+    fig.text(0.5, 0.5, "x", fontsize=10)
+    assert viz.smallest_displayed_font(fig) == pytest.approx(10)
+    fig.set_size_inches(2 * viz.OUTPUT_COLUMN_PX / 72, 2)
+    assert viz.smallest_displayed_font(fig) == pytest.approx(5)
     plt.close(fig)

@@ -63,15 +63,26 @@ def test_channel_figure_ranks_channels_by_peak():
         viz.channel_figure(TinyBackbone(), img, "x", rank=3)
 
 
-def test_pooling_panels_figure_draws_six_panels_and_every_rmac_region():
+def test_pooling_panels_figure_one_rmac_level_per_panel_and_colour_bars():
     from helpers import pooling
 
     fmap = torch.rand(16, 6, 8)
-    fig = viz.pooling_panels_figure(np.zeros((60, 80, 3), np.uint8), fmap)
-    n_boxes = len(fig.axes[5].patches)
+    plt.rcParams["figure.dpi"] = 72
+    fig = viz.pooling_panels_figure(np.zeros((60, 80, 3), np.uint8), fmap, L=3)
+    panels = fig.axes[:10]                            # 2 x 5 panels, then the 4 colour bars
+    assert len(fig.axes) == 14
+    levels = [ax for ax in panels[5:] if ax.patches]
+    regions = pooling.rmac_regions(6, 8, L=3)
+    sides = sorted({r[2] for r in regions}, reverse=True)
+    assert [len(ax.patches) for ax in levels] == [sum(r[2] == s for r in regions) for s in sides]
+    for ax in levels:                                 # the squares of one level in distinct colours
+        colours = [tuple(p.get_edgecolor()) for p in ax.patches]
+        assert len(set(colours)) == min(len(colours), 10)
+    assert viz.smallest_displayed_font(fig) >= viz.MIN_FONT_PX
     plt.close(fig)
-    assert len(fig.axes) == 6
-    assert n_boxes == len(pooling.rmac_regions(6, 8, L=3))
+    fig = viz.pooling_panels_figure(np.zeros((60, 80, 3), np.uint8), fmap, L=1)
+    assert sum(bool(ax.patches) for ax in fig.axes) == 1
+    plt.close(fig)
 
 
 def test_result_strips_orders_by_score_and_checks_shape(tmp_path):
@@ -83,3 +94,52 @@ def test_result_strips_orders_by_score_and_checks_shape(tmp_path):
     assert titles == ["a", "#1 (0.80)", "#2 (0.50)", "b", "#1 (0.90)", "#2 (0.50)"]
     with pytest.raises(ValueError, match="n_db x n_queries"):
         viz.result_strips(dataset, scores.T, [0], top_k=2)
+
+
+class TinyRevisited(TinyDataset):
+    protocol = "revisited"
+    imlist = ["im0", "im1", "im2"]
+    unreadable = {}
+
+    def unreadable_indices(self):
+        return []
+
+
+def test_method_strips_one_row_per_method_with_its_ap(tmp_path):
+    dataset = TinyRevisited(tmp_path)
+    good = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
+    bad = good[::-1].copy()
+    fig = viz.method_strips(dataset, {"good": good, "bad": bad}, 0, top_k=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert len(titles) == 6 and titles[0].startswith("good\nAP 100") and titles[3].startswith("bad\nAP")
+    assert titles[1] == "#1 (0.90)"
+
+
+def test_clusters_figure_three_rows_per_image():
+    imgs = [np.zeros((40, 50, 3), np.uint8)] * 2
+    labels = [np.array([[0, 1], [1, 2]])] * 2
+    fig = viz.clusters_figure(imgs, [np.ones((2, 2))] * 2, labels, ["db 0", "db 5"], 3, "Fig. 7")
+    assert len(fig.axes) == 6 + 2                     # 3 x 2 panels and a colour bar per norm map
+    assert [fig.axes[0].get_title(), fig.axes[1].get_title()] == ["db 0", "db 5"]
+    assert all(len(ax.collections) == 1 for ax in fig.axes[4:6])   # cluster borders
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one entry per image"):
+        viz.clusters_figure(imgs, [np.ones((2, 2))], labels, ["a", "b"], 3)
+
+
+def test_ground_truth_and_strips_fit_the_output_column(tmp_path):
+    plt.rcParams["figure.dpi"] = 72
+    dataset = TinyDataset(tmp_path)
+    for fig in (viz.ground_truth_figure(dataset, 0, 64),
+                viz.result_strips(dataset, np.random.default_rng(0).random((3, 2)), [0, 1], top_k=3, title="x")):
+        assert fig.get_figwidth() <= viz.MAX_FIGURE_WIDTH + 1e-9
+        plt.close(fig)
+
+
+def test_figure_style_one_inline_format_and_resolution_and_readable_text():
+    from helpers.chapter import FIGURE_STYLE, INLINE_FORMAT, use_figure_style
+
+    use_figure_style()
+    assert INLINE_FORMAT == "png" and plt.rcParams["figure.dpi"] == 72
+    assert min(v for k, v in FIGURE_STYLE.items() if k.endswith("size")) >= viz.MIN_FONT_PX

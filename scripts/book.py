@@ -85,8 +85,9 @@ CHAPTERS = (
     Chapter("06_activation_clusters.ipynb",
             "Activation clusters: max-pooling over Normalized-Cut clusters instead of R-MAC squares",
             "Chen et al., *aggregated deep feature from activation clusters*: Normalized-Cut clusters vs R-MAC"),
-    Chapter("07_summary.ipynb", "Summary: what reproduces, across the five papers",
-            "every method on the same queries, and every paper claim with its verdict, in one place"),
+    Chapter("07_summary.ipynb", "Summary: every method side by side, and what a code costs",
+            "every method on one dataset: mAP with its interval, bytes per image, describe and search time, "
+            "what it learns; the reproduction ledger of all claims"),
 )
 
 

@@ -24,6 +24,8 @@ The pieces, in the order of the paper:
   Sec. 5.4.2): :class:`ACKIndex` scores a batch of query codes against a whole database with one
   table lookup per (database image, position) in a compiled (numba) loop; exactly equal
   to :func:`dosd_reference` (integer arithmetic, one division at the end).
+  :class:`ACKInvertedIndex` stores the same codes as inverted lists per (kernel, position) and
+  reads only the lists of the query's kernels: faster for one query against a large database.
 * :class:`ACKMethod`, registered as ``"ack"`` for ``python -m helpers evaluate --method ack``.
 
 Reading of Algorithm 2 (the converted text is consistent once written out):
@@ -51,7 +53,7 @@ from .methods import RetrievalMethod, register_method
 from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
-    "ACKIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
+    "ACKIndex", "ACKInvertedIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
     "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
     "dosd_scores", "draw_kernel_boxes", "explore_view", "histogram_similarity", "instance_overlap",
     "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
@@ -338,84 +340,16 @@ def _lookup_sums_kernel(codes_by_position, tables, out):  # pragma: no cover - c
                 j += 1
 
 
-class ACKIndex:
-    """A database of ACK codes laid out for fast scoring.
-
-    The codes are stored **position-major**: ``codes_by_position[j, d]`` is the kernel at position
-    ``j`` of database code ``d`` (``n x N`` :data:`CODE_DTYPE`, exactly the memory of the codes:
-    ``2 n`` bytes per image). For a query ``q`` we build a table ``T[j, k]`` = the integer
-    contribution :func:`contribution_table` ``S[i, j]`` if kernel ``k`` sits at position ``i`` of
-    ``q``, else 0 (``n x n_kernels``). Then
-
-        ``dosd(q, d) = 2 / (n^3 (n+1)) * sum_j T[j, codes_by_position[j, d]]``
-
-    i.e. one table lookup per (position, database image), done by a compiled loop
-    (:func:`_lookup_sums_kernel`, numba, blocks of the database on every core; its speed against the
-    float product and the alternatives measured is in ``benchmarks/README.md``). Tables and sums are
-    integers of the width :func:`sum_dtypes` picks from ``n`` (uint32 for short codes, uint64 for
-    long ones), hence exactly :func:`dosd_reference` for every code length.
-    """
-
-    def __init__(self, db_codes, n_kernels: int):
-        if isinstance(n_kernels, bool) or not isinstance(n_kernels, (int, np.integer)) or n_kernels < 1:
-            raise ValueError(f"n_kernels must be a positive integer, got {n_kernels!r}")
-        if n_kernels > np.iinfo(CODE_DTYPE).max + 1:
-            raise ValueError(f"n_kernels={n_kernels} does not fit {np.dtype(CODE_DTYPE).name} codes")
-        codes = check_codes(db_codes, n_kernels, "db_codes")
-        self.n_kernels = int(n_kernels)
-        self.n = codes.shape[1]
-        self.size = codes.shape[0]
-        self.codes_by_position = np.ascontiguousarray(codes.T)
-        self._table_dtype, self._acc_dtype = sum_dtypes(self.n)
-        self._contrib = contribution_table(self.n).astype(self._table_dtype)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory of the stored codes in bytes (``2 n`` per database image)."""
-        return self.codes_by_position.nbytes
-
-    @property
-    def codes(self) -> np.ndarray:
-        """The database codes, ``N x n``."""
-        return self.codes_by_position.T
+class _DosdSearch:
+    """What both database layouts share: query checks, dosd / Jaccard from integer sums, top-k.
+    A layout provides ``n``, ``n_kernels``, ``size``, ``_contrib``, ``_table_dtype``,
+    ``_acc_dtype`` and ``_lookup_sums(query_codes, S_ext, query_chunk, acc_dtype)``."""
 
     def _queries(self, query_codes):
         q = check_codes(query_codes, self.n_kernels, "query_codes")
         if q.shape[1] != self.n:
             raise ValueError(f"query codes have length {q.shape[1]} but the database codes {self.n}")
         return q
-
-    def _rank_maps(self, q: np.ndarray) -> np.ndarray:
-        """``R[k, m]`` = position of kernel ``k`` in query ``m``, or ``n`` when absent."""
-        R = np.full((self.n_kernels, q.shape[0]), self.n, dtype=np.intp)
-        R[q.astype(np.intp), np.arange(q.shape[0])[:, None]] = np.arange(self.n)[None, :]
-        return R
-
-    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int, acc_dtype) -> np.ndarray:
-        """``sum_j S_ext[rank_q(d_j), j]`` for every (database code d, query q), ``N x Q`` of
-        ``acc_dtype``, where ``rank_q(k)`` is the position of kernel ``k`` in ``q`` or ``n`` (row
-        ``n`` of ``S_ext`` is zero: a kernel absent from the query contributes nothing).
-
-        At most ``query_chunk`` queries share one pass over the database; fewer when their tables
-        (``n x n_kernels`` entries each) would exceed :data:`TABLE_BYTES`."""
-        q = self._queries(query_codes)
-        if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
-            raise ValueError(f"query_chunk must be a positive integer, got {query_chunk!r}")
-        table_bytes = self.n * self.n_kernels * S_ext.itemsize
-        query_chunk = max(1, min(int(query_chunk), TABLE_BYTES // table_bytes))
-        out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)  # one thread count for torch, BLAS and this search
-        try:
-            for start in range(0, q.shape[0], query_chunk):
-                chunk = q[start:start + query_chunk]
-                # tables[m, j, k] = S_ext[rank of kernel k in query m, j]
-                tables = np.ascontiguousarray(S_ext[self._rank_maps(chunk).T].transpose(0, 2, 1))
-                _lookup_sums_kernel(self.codes_by_position, tables, out[start:start + chunk.shape[0]])
-        finally:
-            numba.set_num_threads(previous)
-        return out.T
 
     def dosd_sums(self, query_codes, query_chunk: int = 8) -> np.ndarray:
         """Integer sums ``n^2 Sum`` of Algorithm 2 for every (database image, query): ``N x Q``."""
@@ -438,6 +372,249 @@ class ACKIndex:
         float64 (the same lookups as :meth:`dosd` with a table of ones)."""
         inter = self.intersections(query_codes, query_chunk).astype(np.float64)
         return inter / (2 * self.n - inter)
+
+    def search(self, query_codes, k: int, query_chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` database images of highest dosd for every query: ``(scores, ids)``, both
+        ``Q x k`` (float64 dosd, int64 ids), best first; equal sums in database order. Exact: the
+        integer sums are ranked, and the selection (``np.argpartition``) keeps every image tied
+        with the k-th before ordering."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.size:
+            raise ValueError(f"k must be an integer in 1..{self.size} (the database size), got {k!r}")
+        sums = self.dosd_sums(query_codes, query_chunk).T  # Q x N
+        ids = _top_k_ids(sums, int(k))
+        n = self.n
+        return np.take_along_axis(sums, ids, 1).astype(np.float64) / (n * n * (n * (n + 1) / 2)), ids
+
+
+def _top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the ``k`` highest values of every row of ``scores`` (``Q x N``), highest first, equal
+    values in index order."""
+    rows = []
+    for row in scores:
+        if k < row.shape[0]:
+            part = np.argpartition(row, row.shape[0] - k)[row.shape[0] - k:]
+            kth = row[part].min()
+            cand = np.flatnonzero(row >= kth)  # every image tied with the k-th, in index order
+        else:
+            cand = np.arange(row.shape[0])
+        order = np.argsort(-row[cand].astype(np.float64), kind="stable")[:k]
+        rows.append(cand[order])
+    return np.asarray(rows, dtype=np.int64).reshape(scores.shape[0], k)
+
+
+def _check_index_args(db_codes, n_kernels):
+    if isinstance(n_kernels, bool) or not isinstance(n_kernels, (int, np.integer)) or n_kernels < 1:
+        raise ValueError(f"n_kernels must be a positive integer, got {n_kernels!r}")
+    if n_kernels > np.iinfo(CODE_DTYPE).max + 1:
+        raise ValueError(f"n_kernels={n_kernels} does not fit {np.dtype(CODE_DTYPE).name} codes")
+    return check_codes(db_codes, n_kernels, "db_codes")
+
+
+def _search_threads():
+    """One thread count for torch, BLAS and the compiled searches."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+class ACKIndex(_DosdSearch):
+    """A database of ACK codes laid out for fast scoring.
+
+    The codes are stored **position-major**: ``codes_by_position[j, d]`` is the kernel at position
+    ``j`` of database code ``d`` (``n x N`` :data:`CODE_DTYPE`, exactly the memory of the codes:
+    ``2 n`` bytes per image). For a query ``q`` we build a table ``T[j, k]`` = the integer
+    contribution :func:`contribution_table` ``S[i, j]`` if kernel ``k`` sits at position ``i`` of
+    ``q``, else 0 (``n x n_kernels``). Then
+
+        ``dosd(q, d) = 2 / (n^3 (n+1)) * sum_j T[j, codes_by_position[j, d]]``
+
+    i.e. one table lookup per (position, database image), done by a compiled loop
+    (:func:`_lookup_sums_kernel`, numba, blocks of the database on every core; its speed against the
+    float product and the alternatives measured is in ``benchmarks/README.md``). Tables and sums are
+    integers of the width :func:`sum_dtypes` picks from ``n`` (uint32 for short codes, uint64 for
+    long ones), hence exactly :func:`dosd_reference` for every code length. For one query against a
+    large database :class:`ACKInvertedIndex` is faster (it skips the kernels absent from the query).
+    """
+
+    def __init__(self, db_codes, n_kernels: int):
+        codes = _check_index_args(db_codes, n_kernels)
+        self.n_kernels = int(n_kernels)
+        self.n = codes.shape[1]
+        self.size = codes.shape[0]
+        self.codes_by_position = np.ascontiguousarray(codes.T)
+        self._table_dtype, self._acc_dtype = sum_dtypes(self.n)
+        self._contrib = contribution_table(self.n).astype(self._table_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored codes in bytes (``2 n`` per database image)."""
+        return self.codes_by_position.nbytes
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The database codes, ``N x n``."""
+        return self.codes_by_position.T
+
+    def _rank_maps(self, q: np.ndarray) -> np.ndarray:
+        """``R[k, m]`` = position of kernel ``k`` in query ``m``, or ``n`` when absent."""
+        R = np.full((self.n_kernels, q.shape[0]), self.n, dtype=np.intp)
+        R[q.astype(np.intp), np.arange(q.shape[0])[:, None]] = np.arange(self.n)[None, :]
+        return R
+
+    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int, acc_dtype) -> np.ndarray:
+        """``sum_j S_ext[rank_q(d_j), j]`` for every (database code d, query q), ``N x Q`` of
+        ``acc_dtype``, where ``rank_q(k)`` is the position of kernel ``k`` in ``q`` or ``n`` (row
+        ``n`` of ``S_ext`` is zero: a kernel absent from the query contributes nothing).
+
+        At most ``query_chunk`` queries share one pass over the database; fewer when their tables
+        (``n x n_kernels`` entries each) would exceed :data:`TABLE_BYTES`."""
+        q = self._queries(query_codes)
+        query_chunk = _check_chunk(query_chunk)
+        table_bytes = self.n * self.n_kernels * S_ext.itemsize
+        query_chunk = max(1, min(query_chunk, TABLE_BYTES // table_bytes))
+        out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(_search_threads())
+        try:
+            for start in range(0, q.shape[0], query_chunk):
+                chunk = q[start:start + query_chunk]
+                # tables[m, j, k] = S_ext[rank of kernel k in query m, j]
+                tables = np.ascontiguousarray(S_ext[self._rank_maps(chunk).T].transpose(0, 2, 1))
+                _lookup_sums_kernel(self.codes_by_position, tables, out[start:start + chunk.shape[0]])
+        finally:
+            numba.set_num_threads(previous)
+        return out.T
+
+
+def _check_chunk(query_chunk):
+    if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
+        raise ValueError(f"query_chunk must be a positive integer, got {query_chunk!r}")
+    return int(query_chunk)
+
+
+#: database codes per block of :class:`ACKInvertedIndex`: the most whose offsets fit uint16 (the
+#: postings and the per-position counts); a block's uint32 sums (256 KB) stay in L2 while its
+#: postings are added up
+INVERTED_BLOCK = 2 ** 16 - 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _invert_kernel(codes, block, postings, counts, starts):  # pragma: no cover - compiled
+    """Fill the inverted lists of :class:`ACKInvertedIndex` (see there) from ``N x n`` codes."""
+    size, n = codes.shape
+    n_blocks, n_kernels = starts.shape
+    for b in numba.prange(n_blocks):
+        lo = b * block
+        hi = min(size, lo + block)
+        count = np.zeros(n_kernels * n, np.int64)
+        for d in range(lo, hi):
+            for j in range(n):
+                count[np.int64(codes[d, j]) * n + j] += 1
+        where = np.empty(n_kernels * n, np.int64)
+        run = 0
+        for k in range(n_kernels):
+            starts[b, k] = run
+            for j in range(n):
+                where[k * n + j] = lo * n + run
+                counts[b, k, j] = count[k * n + j]
+                run += count[k * n + j]
+        for d in range(lo, hi):  # d ascending: every list is in database order
+            for j in range(n):
+                key = np.int64(codes[d, j]) * n + j
+                postings[where[key]] = d - lo
+                where[key] += 1
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _inverted_sums_kernel(postings, counts, starts, block, queries, S, out):  # pragma: no cover - compiled
+    """``out[m, d] += S[i, j]`` for every query position ``i`` and database position ``j`` where
+    query ``m`` and code ``d`` hold the same kernel (``out`` zeroed by the caller). Blocks of
+    :data:`INVERTED_BLOCK` codes are dealt out to numba's threads; a block's sums stay in L2 while
+    the lists of the query's kernels are read. Integer sums: exact when ``out``'s dtype holds them
+    (:func:`sum_dtypes`)."""
+    n_queries, n = queries.shape
+    n_blocks = starts.shape[0]
+    size = out.shape[1]
+    for b in numba.prange(n_blocks):
+        lo = b * block
+        base = np.int64(lo) * n
+        for m in range(n_queries):
+            acc = out[m, lo:min(size, lo + block)]
+            for i in range(n):
+                k = queries[m, i]
+                p = base + starts[b, k]
+                for j in range(n):
+                    c = np.int64(counts[b, k, j])
+                    s = S[i, j]
+                    for t in range(p, p + c):
+                        acc[postings[t]] += s
+                    p += c
+
+
+class ACKInvertedIndex(_DosdSearch):
+    """ACK codes stored as inverted lists, for one query (or a few) against a large database.
+
+    Per block of :data:`INVERTED_BLOCK` codes, ``postings`` holds for every (kernel ``k``,
+    position ``j``) the codes of the block with ``k`` at position ``j`` (uint16 offsets in the
+    block, in database order), ``counts[b, k, j]`` their number (uint16) and ``starts[b, k]``
+    where kernel ``k``'s lists begin (uint32). A query with kernel ``k`` at position ``i`` adds
+    ``S[i, j]`` (:func:`contribution_table`) to the sums of the codes in list ``(k, j)``:
+    the lists of the ``n_kernels - n`` kernels absent from the query are never read, so a query
+    reads about ``n / n_kernels`` of the postings (random codes: 256/1280 = 20%) where
+    :class:`ACKIndex` makes ``n`` table look-ups per code. The postings take the codes' own
+    memory (``2 n`` bytes per image); the counts add ``2 n n_kernels`` bytes per block (10 bytes
+    per image for n = 256 of 1280 kernels in full blocks, more for databases much smaller than a
+    block). Sums are integers (:func:`sum_dtypes`): exactly :func:`dosd_reference`.
+    """
+
+    def __init__(self, db_codes, n_kernels: int):
+        codes = _check_index_args(db_codes, n_kernels)
+        self.n_kernels = int(n_kernels)
+        self.size, self.n = codes.shape
+        n_blocks = max(1, -(-self.size // INVERTED_BLOCK))
+        self.postings = np.empty(self.size * self.n, dtype=np.uint16)
+        self.counts = np.empty((n_blocks, self.n_kernels, self.n), dtype=np.uint16)
+        self.starts = np.empty((n_blocks, self.n_kernels), dtype=np.uint32)
+        if self.size:
+            _invert_kernel(codes, INVERTED_BLOCK, self.postings, self.counts, self.starts)
+        self._table_dtype, self._acc_dtype = sum_dtypes(self.n)
+        self._contrib = contribution_table(self.n).astype(self._table_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored lists in bytes: postings, counts and list starts."""
+        return self.postings.nbytes + self.counts.nbytes + self.starts.nbytes
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The database codes, ``N x n``, rebuilt from the lists."""
+        codes = np.empty((self.size, self.n), dtype=CODE_DTYPE)
+        p = 0
+        for b in range(self.starts.shape[0]):
+            lo = b * INVERTED_BLOCK
+            for k in range(self.n_kernels):
+                for j in range(self.n):
+                    c = int(self.counts[b, k, j])
+                    codes[lo + self.postings[p:p + c].astype(np.int64), j] = k
+                    p += c
+        return codes
+
+    def _lookup_sums(self, query_codes, S_ext: np.ndarray, query_chunk: int, acc_dtype) -> np.ndarray:
+        """``N x Q`` sums of ``S_ext[i, j]`` over the matches ``q_i == d_j`` (row ``n`` of
+        ``S_ext``, for absent kernels, is not needed here). ``query_chunk`` queries share one pass
+        over the blocks."""
+        q = self._queries(query_codes)
+        query_chunk = _check_chunk(query_chunk)
+        S = np.ascontiguousarray(S_ext[:self.n].astype(acc_dtype))
+        out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(_search_threads())
+        try:
+            for start in range(0, q.shape[0], query_chunk):
+                chunk = q[start:start + query_chunk]
+                _inverted_sums_kernel(self.postings, self.counts, self.starts, INVERTED_BLOCK, chunk, S,
+                                      out[start:start + chunk.shape[0]])
+        finally:
+            numba.set_num_threads(previous)
+        return out.T
 
 
 def _infer_kernels(*codes) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.ack import (TIE_BREAK, ACKIndex, ack_codes, ack_scores, check_codes, code_length_sweep,
+from helpers.ack import (TIE_BREAK, ACKIndex, ACKInvertedIndex, ack_codes, ack_scores, check_codes, code_length_sweep,
                          contribution_table, dosd_closed_form, dosd_reference, dosd_scores,
                          draw_kernel_boxes, explore_view, histogram_similarity, instance_overlap, jaccard_scores, jaccard_similarity, kernel_brightness,
                          kernel_frequencies, map_codes, pca_scores, position_matrix_K, pseudo_gaussian_G,
@@ -218,6 +218,67 @@ def test_search_over_several_blocks_and_a_partial_one():
     expected = np.array([[dosd_closed_form(q, d) for q in queries] for d in db])
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert (got[[0, SEARCH_BLOCK + 5, size - 1], [0, 1, 2]] == 1.0).all()
+
+
+@pytest.mark.parametrize("n, n_kernels", [(24, 60), (256, 1280), (320, 400), (10, 40000)])
+def test_inverted_index_equals_reference(n, n_kernels):
+    # short and benchmark-length codes (uint32 sums), long codes (uint64 sums), indices >= 2^15
+    rng = np.random.default_rng(n)
+    db = make_codes(rng, 40, n, n_kernels)
+    db[7] = related_codes(rng, db[3], n_kernels, keep=max(1, (3 * n) // 4))
+    queries = np.stack([db[3], related_codes(rng, db[3], n_kernels, keep=max(n // 2, 2 * n - n_kernels)), make_codes(rng, 1, n, n_kernels)[0]])
+    index = ACKInvertedIndex(db, n_kernels)
+    reference = np.array([[dosd_reference(q, d) for q in queries] for d in db])
+    np.testing.assert_allclose(index.dosd(queries), reference, atol=1e-12)
+    np.testing.assert_array_equal(index.dosd_sums(queries), ACKIndex(db, n_kernels).dosd_sums(queries))
+    np.testing.assert_allclose(index.jaccard(queries), [[jaccard_similarity(q, d) for q in queries] for d in db], atol=1e-12)
+    assert index.dosd(db[3])[3, 0] == 1.0
+    np.testing.assert_array_equal(index.codes, db)
+    scores, ids = index.search(queries, 5)
+    for m in range(len(queries)):
+        expected = np.argsort(-reference[:, m], kind="stable")[:5]
+        np.testing.assert_allclose(scores[m], reference[expected, m], atol=1e-12)
+        np.testing.assert_allclose(reference[ids[m], m], scores[m], atol=1e-12)
+
+
+def test_inverted_index_over_several_blocks_and_its_memory():
+    from helpers.ack import INVERTED_BLOCK
+
+    rng = np.random.default_rng(12)
+    n, n_kernels = 4, 9
+    size = 2 * INVERTED_BLOCK + 37  # two full blocks and a partial one
+    db = random_codes(size, n, n_kernels, seed=3)
+    db[INVERTED_BLOCK + 5] = db[0]
+    queries = db[[0, size - 1]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        index = ACKInvertedIndex(db, n_kernels)
+        got = index.dosd_sums(queries, query_chunk=1)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(got, ACKIndex(db, n_kernels).dosd_sums(queries))
+    picks = rng.choice(size, 30, replace=False)
+    np.testing.assert_allclose(got[picks, 0] / (n * n * n * (n + 1) / 2), [dosd_reference(db[0], db[d]) for d in picks], atol=1e-12)
+    n_blocks = 3
+    assert index.nbytes == size * n * 2 + n_blocks * n_kernels * n * 2 + n_blocks * n_kernels * 4
+    assert index.postings.dtype == np.uint16 and index.counts.dtype == np.uint16
+    scores, ids = index.search(queries[0], 2)
+    same = np.flatnonzero((db == db[0]).all(axis=1))  # short codes of few kernels repeat: ties in database order
+    assert ids[0].tolist() == same[:2].tolist() and (scores[0] == 1.0).all()
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(queries[0], size + 1)
+
+
+def test_inverted_index_counts_hold_a_kernel_at_one_position_in_every_code():
+    # the largest list: every code of a full block has kernel 0 at position 0
+    from helpers.ack import INVERTED_BLOCK
+
+    db = np.zeros((INVERTED_BLOCK, 2), np.uint16)
+    db[:, 1] = 1
+    index = ACKInvertedIndex(db, 3)
+    assert int(index.counts[0, 0, 0]) == INVERTED_BLOCK
+    assert (index.dosd(db[0])[:, 0] == 1.0).all()
 
 
 def test_index_memory_is_two_bytes_per_kernel_index():

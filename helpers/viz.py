@@ -286,15 +286,16 @@ def ground_truth_figure(dataset, q: int, image_size: int, n_each: int = 3):
     groups = [("easy", "#1a9850"), ("hard", "#fc8d59"), ("junk", "#969696")]
     picks = [(i, kind, color) for kind, color in groups for i in dataset.gnd[q].get(kind, [])[:n_each]]
     side = min(2.1, MAX_FIGURE_WIDTH / (1 + len(picks)))  # the whole row within the output column
-    fig, axes = plt.subplots(1, 1 + len(picks), figsize=(side * (1 + len(picks)), side + 0.6), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(picks), figsize=(side * (1 + len(picks)), side + 1.0), squeeze=False)
     query, box = query_thumbnail(dataset, q, image_size)
     label = dataset.query_labels[q] if dataset.query_labels else f"query {q}"
-    show_boxes(axes[0, 0], query, [box] if box is not None else [], QUERY_BOX_COLOR, title=f"query: {label}")
+    show_boxes(axes[0, 0], query, [box] if box is not None else [], QUERY_BOX_COLOR, title=f"query:\n{label}")
     for ax, (i, kind, color) in zip(axes[0, 1:], picks):
         show_image(ax, load_image(dataset.db_path(i), max_side=image_size // 2), kind)
         _border(ax, color)
-    fig.suptitle("borders: green = easy, orange = hard, grey = junk (ignored by the protocol)", fontsize=9, y=0.02)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.text(0.5, 0.01, "borders: green = easy, orange = hard, grey = junk (ignored by the protocol)", ha="center",
+             va="bottom", fontsize=10)
     return fig
 
 

@@ -49,7 +49,7 @@ def test_ground_truth_figure_shows_query_and_each_kind(tmp_path):
     fig = viz.ground_truth_figure(TinyDataset(tmp_path), 0, 64)
     titles = [ax.get_title() for ax in fig.axes]
     plt.close(fig)
-    assert titles == ["query: a", "easy", "hard", "junk"]
+    assert titles == ["query:\na", "easy", "hard", "junk"]
 
 
 def test_channel_figure_ranks_channels_by_peak():

@@ -6,6 +6,7 @@ collecting every error a cell shows.
 Playwright drives the system's Chromium (``executable_path``); no browser is downloaded."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -77,24 +78,72 @@ def widget_cells(nb: dict) -> list[int]:
     return calls[:1]
 
 
-def widget_copy(notebook: Path, folder: Path) -> tuple[Path, list[int]]:
-    """Write ``folder/notebooks/<name>`` holding the notebook's cells up to its last widget cell to test,
-    without outputs or saved widget state, and return it with the widget cells' indices. The copy sits
-    one folder down, as the original does, so the chapter's ``../figures/...`` lands in ``folder``."""
+def _names(source: str):
+    """(names a cell binds, names it reads that it does not bind itself), or None when it does not parse.
+    Names bound inside its functions count as bound (reading more cells is the safe side)."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    binds, reads = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (reads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            binds.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return binds, reads - binds
+
+
+def needed_cells(nb: dict, widgets: list[int]) -> list[int]:
+    """The code cells the widget cells need: each widget cell and, back to the top, every cell that binds
+    a name one of the kept cells reads (to a fixed point). All code cells above the last widget cell
+    when a cell does not parse."""
+    code = [i for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code" and i <= widgets[-1]]
+    names = {i: _names(_source(nb["cells"][i])) for i in code}
+    if any(v is None for v in names.values()):
+        return code
+    keep = set(widgets)
+    changed = True
+    while changed:
+        changed = False
+        wanted = set().union(*(names[i][1] for i in keep))
+        for i in code:
+            if i not in keep and names[i][0] & wanted and i < max(k for k in keep):
+                keep.add(i)
+                changed = True
+    return sorted(keep)
+
+
+def widget_copy(notebook: Path, folder: Path, prefix: bool = False) -> tuple[Path | None, list[int], int]:
+    """Write ``folder/notebooks/<name>``: the notebook up to its last widget cell to test, keeping of its
+    code cells only those the widgets need (:func:`needed_cells`; all of them with ``prefix``), without
+    outputs or saved widget state. Returns the copy, the widget cells' indices in it and the number of
+    code cells kept. The copy sits one folder down, as the original does, so the chapter's
+    ``../figures/...`` lands in ``folder``."""
     nb = json.loads(notebook.read_text(encoding="utf-8"))
-    cells = widget_cells(nb)
-    if not cells:
-        return None, []
-    nb["cells"] = nb["cells"][: cells[-1] + 1]
-    for cell in nb["cells"]:
+    widgets = widget_cells(nb)
+    if not widgets:
+        return None, [], 0
+    keep = set(needed_cells(nb, widgets)) if not prefix else None
+    cells, indices = [], []
+    for i, cell in enumerate(nb["cells"][: widgets[-1] + 1]):
         if cell.get("cell_type") == "code":
+            if keep is not None and i not in keep:
+                continue
             cell["outputs"] = []
             cell["execution_count"] = None
+        if i in widgets:
+            indices.append(len(cells))
+        cells.append(cell)
+    nb["cells"] = cells
     nb.get("metadata", {}).pop("widgets", None)
     target = folder / "notebooks" / notebook.name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(nb, indent=1), encoding="utf-8")
-    return target, cells
+    return target, indices, sum(c.get("cell_type") == "code" for c in cells)
 
 
 def free_port() -> int:
@@ -293,11 +342,13 @@ class ChapterRun:
     widgets_s: float = 0.0
     total_s: float = 0.0
     moved: tuple = ()
+    note: str = ""
 
     def line(self) -> str:
-        return (f"{self.chapter}: {self.cells_run} cells up to widget cell(s) {list(self.widget_cells)} "
-                f"in {self.cells_s:.1f} s; moved {', '.join(self.moved)} in {self.widgets_s:.1f} s; "
-                f"page open {self.open_s:.1f} s; chapter total {self.total_s:.1f} s")
+        return (f"{self.chapter}: {self.cells_run} code cells for widget cell(s) {list(self.widget_cells)} "
+                f"in {self.cells_s:.1f} s; moved {', '.join(self.moved) or 'nothing'} in {self.widgets_s:.1f} s; "
+                f"page open {self.open_s:.1f} s; chapter total {self.total_s:.1f} s"
+                + (f" ({self.note})" if self.note else ""))
 
 
 class WidgetError(AssertionError):

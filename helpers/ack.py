@@ -709,7 +709,7 @@ def draw_kernel_boxes(ax, boxes, colors, labels, image_hw, inset: float = 4.0):
         drawn.append([x1 + d, y1 + d, x2 - d, y2 - d])
     draw_boxes(ax, drawn, list(colors), linewidth=2.5)
     ax.legend(handles=[Patch(facecolor="none", edgecolor=c, linewidth=2.5, label=str(l)) for c, l in zip(colors, labels)],
-              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(labels), fontsize=8, frameon=False)
+              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=len(labels), fontsize=9, frameon=False)
     return ax
 
 
@@ -757,7 +757,7 @@ def explore_view(dataset, backbone, image_size: int, query: int = 0, layer: str 
     qcode = vector_codes({p: v[query:query + 1] for p, v in vq.items()}, brightening, n)
     scores = ack_scores(qcode, vector_codes(vd, brightening, n), C)[:, 0]
     ranked = np.argsort(-scores, kind="stable")[:top]
-    fig, axes = plt.subplots(1, top + 2, figsize=(15, 3.1), gridspec_kw={"width_ratios": [1.2, 0.05] + [1] * top})
+    fig, axes = plt.subplots(1, top + 2, figsize=(13, 2.8), gridspec_kw={"width_ratios": [1.2, 0.05] + [1] * top})
     axes[1].axis("off")
     viz.result_strip([axes[0]] + list(axes[2:]), qimg, [load_image(dataset.db_path(d), 256) for d in ranked],
                      [viz.relevance_of(dataset.gnd[query], d) for d in ranked],

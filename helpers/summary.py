@@ -132,13 +132,15 @@ def _seconds_per_query(method, dataset, queries, db, repeats: int = 5) -> float:
 
 
 def evaluate_row(label: str, dataset, backbone, image_size: int, train=None, timing: bool = True,
-                 timing_images: tuple[int, int] = (4, 2)) -> SummaryRow:
-    """Fit (on ``train`` where the method learns something), search and evaluate one row."""
+                 timing_images: tuple[int, int] = (4, 2), spec: tuple[str, dict] | None = None) -> SummaryRow:
+    """Fit (on ``train`` where the method learns something), search and evaluate one row: the method
+    ``label`` names (:func:`helpers.methods.resolve_method_label`), or ``spec = (method, options)``
+    under the display name ``label``."""
     from .data import check_training_set
     from .evaluate import evaluate_scores, mean_interval, per_query_ap
     from .methods import make_method, resolve_method_label
 
-    name, options = resolve_method_label(label)
+    name, options = spec if spec is not None else resolve_method_label(label)
     method = make_method(name, backbone, image_size, **options)
     train_name = None
     if method.needs_training:
@@ -192,3 +194,110 @@ def paired_matrix(rows: dict[str, SummaryRow], groups=None):
                 diff[i, j], (low[i, j], high[i, j]) = c["diff"], c["ci"]
                 diff[j, i], low[j, i], high[j, i] = -c["diff"], -c["ci"][1], -c["ci"][0]
     return labels, diff, low, high
+
+
+def summary_table(rows: dict[str, SummaryRow]):
+    """The summary table as a pandas DataFrame, one row per label: the protocol's mAP columns (E/M/H
+    on revisited data), the headline mAP's 95% interval, bytes per database image, milliseconds to
+    describe one image and to search one query, and what the method learns on which set."""
+    import pandas as pd
+
+    from .evaluate import headline
+
+    records = []
+    for label, row in rows.items():
+        keys = [k for k in ("mAP_E", "mAP_M", "mAP_H") if k in row.results] or [headline(row.results)[0]]
+        mean, low, high = row.interval
+        records.append({"method": label, **{k: row.results[k] for k in keys},
+                        f"{headline(row.results)[0]} 95% CI": f"[{low:.1f}, {high:.1f}]",
+                        "bytes/image": row.bytes_per_image, "ms/image": 1e3 * row.seconds_per_image,
+                        "ms/query": 1e3 * row.seconds_per_query,
+                        "learns": row.learns + (f" (on {row.train_dataset})" if row.train_dataset else "")})
+    return pd.DataFrame.from_records(records).set_index("method")
+
+
+def paired_matrix_figure(labels, diff, low, high, title: str = "mAP difference, row j minus row i"):
+    """Heat map of :func:`paired_matrix` (column method minus row method, AP points): every cell
+    carries its difference; cells whose 95% interval contains zero (not separable on this data) are
+    hatched and their number greyed; a colour bar gives the scale."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    n = len(labels)
+    limit = max(float(np.abs(diff).max()), 1e-9)
+    fig, ax = plt.subplots(figsize=(0.62 * n + 2.6, 0.55 * n + 1.6))
+    image = ax.imshow(diff, cmap="RdBu", norm=TwoSlopeNorm(0, -limit, limit))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            separable = low[i, j] > 0 or high[i, j] < 0
+            if not separable:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                           edgecolor="0.55", linewidth=0))
+            strong = abs(diff[i, j]) > 0.6 * limit
+            ax.text(j, i, f"{diff[i, j]:+.0f}", ha="center", va="center", fontsize=7.5,
+                    color=("white" if strong else "black") if separable else "0.45")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8.5)
+    ax.set_yticks(range(n), labels, fontsize=8.5)
+    ax.set_xlabel("column method j")
+    ax.set_ylabel("row method i")
+    ax.set_title(f"{title}\n(hatched, grey: 95% interval contains 0, not separable)", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="AP points")
+    fig.tight_layout()
+    return fig
+
+
+def claim_comparisons(rows: dict[str, SummaryRow], pairs, groups=None) -> dict:
+    """``{(a, b): (claim verdict, evidence line)}`` for the ``(a, b, expected)`` triples ``pairs``:
+    row b against row a in the claimed direction (what :func:`helpers.papers.ledger_rows` takes)."""
+    from .evaluate import paired_comparison
+
+    out = {}
+    for a, b, expected in pairs:
+        c = paired_comparison(rows[a].ap, rows[b].ap, expected=expected, groups=groups)
+        out[(a, b)] = (c["claim"], c.line(b, a))
+    return out
+
+
+def regional_training_vectors(maps, pooling_name: str = "gem", levels: int = 3) -> np.ndarray:
+    """l2-normalised vectors of the R-MAC regions (``levels`` scales) of every map, pooled with
+    ``pooling_name``: several training vectors per training image, for the compact codes (a PCA to
+    512 or 1024 dimensions, or 256 centroids per product-quantiser, need more training vectors than
+    a demo training set has images)."""
+    import torch
+
+    from .pooling import l2n_np, pool, rmac_regions
+
+    vectors = []
+    for fmap in maps:
+        fmap = torch.as_tensor(fmap).float()
+        H, W = fmap.shape[-2:]
+        for x, y, w, h in rmac_regions(H, W, levels):
+            vectors.append(pool(fmap[None, :, y:y + h, x:x + w], pooling_name)[0].numpy())
+    if not vectors:
+        raise ValueError("no maps given")
+    return l2n_np(np.stack(vectors))
+
+
+def compact_curves(dataset, train_vectors, db_vectors, query_vectors, db_pooled, query_pooled,
+                   budgets, kinds=None) -> dict:
+    """mAP of every compact code kind (:data:`helpers.compact.COMPACT_KINDS`) at each bytes-per-image
+    budget: ``{kind: {bytes: (results, per-query AP) or the reason it cannot be built}}``.
+    ``*_vectors`` are the float descriptors (``N x D``) the quantisers encode; ``*_pooled`` the
+    ``{pooling: N x C}`` vectors ACK ranks kernels by."""
+    from .compact import COMPACT_KINDS, encode_database
+    from .evaluate import evaluate_scores, per_query_ap
+
+    curves = {}
+    for kind in kinds or COMPACT_KINDS:
+        curves[kind] = {}
+        for nbytes in budgets:
+            try:
+                index = encode_database(kind, int(nbytes), train_vectors,
+                                        db_pooled if kind == "ack" else db_vectors)
+                results = evaluate_scores(dataset, index.scores(query_pooled if kind == "ack" else query_vectors))
+                curves[kind][int(nbytes)] = (results, per_query_ap(results))
+            except ValueError as exc:  # e.g. ITQ beyond the descriptor's dimension, ACK beyond its kernels
+                curves[kind][int(nbytes)] = str(exc)
+    return curves

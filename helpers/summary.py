@@ -289,6 +289,9 @@ def compact_curves(dataset, train_vectors, db_vectors, query_vectors, db_pooled,
     from .compact import COMPACT_KINDS, encode_database
     from .evaluate import evaluate_scores, per_query_ap
 
+    budgets = list(budgets) if not isinstance(budgets, (str, bytes)) else budgets
+    if isinstance(budgets, (str, bytes)) or not all(isinstance(b, (int, np.integer)) and b > 0 for b in budgets):
+        raise ValueError(f"budgets must be positive integers (bytes per image), got {budgets!r}")
     curves = {}
     for kind in kinds or COMPACT_KINDS:
         curves[kind] = {}

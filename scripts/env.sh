@@ -5,7 +5,7 @@
 # machine shares it, and a second Python gets its own.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SUPPORTED="3.10 3.11 3.12"  # pyproject.toml: requires-python = ">=3.10,<3.13"
+SUPPORTED="3.11 3.12"  # pyproject.toml: requires-python = ">=3.11,<3.13"; the pins (numpy 2.4, ipykernel 7) need 3.11
 
 python_minor() {  # "3.11" for an interpreter, nothing when it does not run
   "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
@@ -15,12 +15,12 @@ supported() {
   case " $SUPPORTED " in *" $1 "*) return 0 ;; *) return 1 ;; esac
 }
 
-# PYTHON=... wins; otherwise the first supported one of python3, python3.12, python3.11, python3.10.
+# PYTHON=... wins; otherwise the first supported one of python3, python3.12, python3.11.
 if [ -n "${PYTHON:-}" ]; then
   PYTHON_BIN="$PYTHON"
 else
   PYTHON_BIN=""
-  for candidate in python3 python3.12 python3.11 python3.10; do
+  for candidate in python3 python3.12 python3.11; do
     if command -v "$candidate" > /dev/null 2>&1 && supported "$(python_minor "$candidate")"; then
       PYTHON_BIN="$candidate"
       break
@@ -30,7 +30,7 @@ else
 fi
 PY_MINOR="$(python_minor "$PYTHON_BIN")"
 if ! supported "$PY_MINOR"; then
-  echo "error: Python 3.10, 3.11 or 3.12 is needed (${PYTHON_BIN} is ${PY_MINOR:+Python }${PY_MINOR:-not a working interpreter}); install one (apt-get install python3.11 python3.11-venv, pyenv install 3.11, or conda create -n py311 python=3.11) and rerun with PYTHON=/path/to/python3.11" >&2
+  echo "error: Python 3.11 or 3.12 is needed (${PYTHON_BIN} is ${PY_MINOR:+Python }${PY_MINOR:-not a working interpreter}); install one (apt-get install python3.11 python3.11-venv, pyenv install 3.11, or conda create -n py311 python=3.11) and rerun with PYTHON=/path/to/python3.11" >&2
   exit 2
 fi
 LOCK_HASH="$(sha256sum < "$REPO/requirements.lock" | cut -c1-12)"

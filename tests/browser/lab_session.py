@@ -37,6 +37,10 @@ CONTROLS = ".jupyter-widgets:is(.widget-slider, .widget-dropdown, .widget-checkb
 # An Output widget (ipywidgets 8: ``widget-output``; older managers: ``jupyter-widgets-output-area``).
 WIDGET_OUTPUT = ":is(.widget-output, .jupyter-widgets-output-area)"
 
+# How an error output renders: JupyterLab shows a Python error with the stderr mime type, others with the
+# error one.
+ERROR_MIME = '[data-mime-type="application/vnd.jupyter.error"], [data-mime-type="application/vnd.jupyter.stderr"]'
+
 # Settings that keep the page deterministic: every cell attached to the DOM, no news or update toasts.
 USER_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -135,6 +139,7 @@ def widget_copy(notebook: Path, folder: Path, prefix: bool = False) -> tuple[Pat
                 continue
             cell["outputs"] = []
             cell["execution_count"] = None
+            cell.setdefault("metadata", {})["instret_index"] = i
         if i in widgets:
             indices.append(len(cells))
         cells.append(cell)
@@ -317,13 +322,16 @@ JS_PROGRESS = f"""() => {{
   const code = p.content.widgets.map((c, i) => [c, i]).filter(([c]) => c.model.type === 'code');
   const waiting = code.find(([c]) => c.model.executionCount === null);
   return {{done: code.length - (waiting ? code.filter(([c]) => c.model.executionCount === null).length : 0),
-           of: code.length, waiting: waiting ? waiting[1] : null,
+           of: code.length, waiting: waiting ? waiting[0].model.getMetadata('instret_index') : null,
            source: waiting ? waiting[0].model.sharedModel.getSource().split('\\n').slice(0, 3).join(' | ') : ''}};
 }}"""
 
 JS_WIDGET_IMAGE = f"""([mark, previous]) => {{
   const cell = document.querySelector(`[data-instret-cell="${{mark}}"]`);
   if (!cell) return false;
+  const error = Array.from(cell.querySelectorAll('{WIDGET_OUTPUT} :is({ERROR_MIME})')).find(
+    el => el.textContent.includes('Traceback') || el.getAttribute('data-mime-type').endsWith('error'));
+  if (error) return {{error: error.textContent.slice(-800)}};
   const images = cell.querySelectorAll('{WIDGET_OUTPUT} img');
   if (!images.length) return false;
   const src = images[images.length - 1].getAttribute('src') || '';
@@ -425,7 +433,10 @@ def check_widget(page, mark: str, timeout_s: float) -> list[str]:
             state = "no image" if not previous else "the same image"
             raise WidgetError(f"after {what} the widget showed {state} within {timeout_s:.0f} s "
                               f"(move {attempt} of 2)") from e
-        previous = handle.json_value()
+        shown = handle.json_value()
+        if isinstance(shown, dict):
+            raise WidgetError(f"after {what} the widget showed an error: {shown['error']}")
+        previous = shown
         page.wait_for_function(JS_IDLE, timeout=timeout_s * 1000, polling=250)
         done.append(what)
     return done
@@ -438,7 +449,7 @@ def mark_cell(page, index: int, mark: str) -> str:
 def progress(page) -> str:
     """Which cell the run waits for (the first code cell without an execution count), in words."""
     state = page.evaluate(JS_PROGRESS)
-    if state["waiting"] is None:
+    if state["done"] == state["of"]:
         return f"all {state['of']} code cells ran"
-    return (f"{state['done']} of {state['of']} code cells ran; waiting for cell {state['waiting']}: "
+    return (f"{state['done']} of {state['of']} code cells ran; waiting for the notebook's cell {state['waiting']}: "
             f"{state['source'][:200]}")

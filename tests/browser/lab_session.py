@@ -96,6 +96,10 @@ def _names(source: str):
             (reads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             binds.add(node.name)
+        elif isinstance(node, ast.arg):
+            binds.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            binds.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             binds.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     return binds, reads - binds

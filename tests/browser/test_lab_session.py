@@ -27,13 +27,14 @@ CHAPTER = _nb(
     "#md the view",                                             # 3
     "def helper(i):\n    return data[i]\ndata = list(range(N))",  # 4
     "%matplotlib inline\nslow = sum(range(10**3))",             # 5: not needed
-    "def show(i):\n    print(helper(i))\n\nviz.interactive_view(show, i=1)",  # 6: first widget
-    "viz.interactive_view(print, x=slow)",                      # 7: a second, untagged widget
+    "i = 'a loop variable elsewhere'",                          # 6: not needed: show's i is its own
+    "def show(i):\n    print(helper(i))\n\nviz.interactive_view(show, i=1)",  # 7: first widget
+    "viz.interactive_view(print, x=slow)",                      # 8: a second, untagged widget
 )
 
 
 def test_first_interactive_view_call_is_the_widget_without_tags():
-    assert lab.widget_cells(CHAPTER) == [6]
+    assert lab.widget_cells(CHAPTER) == [7]
     assert lab.widget_cells(_nb("from helpers.viz import interactive_view", "x = 1")) == []
 
 
@@ -44,8 +45,8 @@ def test_tags_choose_the_widget_cells():
 
 
 def test_needed_cells_follow_the_names_the_widget_reads():
-    assert lab.needed_cells(CHAPTER, [6]) == [0, 1, 4, 6]
-    assert lab.needed_cells(CHAPTER, [6, 7]) == [0, 1, 4, 5, 6, 7]
+    assert lab.needed_cells(CHAPTER, [7]) == [0, 1, 4, 7]
+    assert lab.needed_cells(CHAPTER, [7, 8]) == [0, 1, 4, 5, 7, 8]
 
 
 def test_a_cell_that_does_not_parse_keeps_every_cell_above():
@@ -63,7 +64,7 @@ def test_copy_ends_at_the_widget_without_outputs(tmp_path):
     assert n_code == 4 and cells == [4] and len(nb["cells"]) == 5  # 4 code cells and the markdown cell
     assert "widgets" not in nb["metadata"]
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert [c["metadata"]["instret_index"] for c in code] == [0, 1, 4, 6]
+    assert [c["metadata"]["instret_index"] for c in code] == [0, 1, 4, 7]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     full, cells, n_code = lab.widget_copy(src, tmp_path / "lab2", prefix=True)
-    assert n_code == 6 and cells == [6]
+    assert n_code == 7 and cells == [7]

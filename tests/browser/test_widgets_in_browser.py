@@ -10,7 +10,7 @@ goes to ``build/screenshots/<chapter>.png``.
 Runs only with ``pytest --browser`` (``run_tests.sh`` runs it after nbval, when the feature cache
 is warm). Skips, saying why, where no Chromium is found (``$INSTRET_CHROMIUM`` or ``chromium`` on
 PATH; ``.ci/run`` installs Debian's). ``$INSTRET_BROWSER_TIMEOUT`` bounds one chapter's cells
-(seconds, default 600)."""
+(seconds, default 300)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ import lab_session as lab
 
 pytestmark = pytest.mark.browser
 
-CELLS_TIMEOUT_S = float(os.environ.get("INSTRET_BROWSER_TIMEOUT", "600"))
+CELLS_TIMEOUT_S = float(os.environ.get("INSTRET_BROWSER_TIMEOUT", "300"))
 OPEN_TIMEOUT_S = 180.0
 REDRAW_TIMEOUT_S = 180.0
 VIEWPORT = {"width": 1400, "height": 1000}

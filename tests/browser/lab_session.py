@@ -71,13 +71,14 @@ def _source(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-def widget_cells(nb: dict) -> list[int]:
-    """Indices of the widget cells to test: the cells tagged ``widget`` if any cell is, else the first
+def widget_cells(nb: dict, every: bool = False) -> list[int]:
+    """Indices of the widget cells to test: the first cell tagged ``widget`` (every tagged cell with
+    ``every``; later widgets of a chapter often need its costly sections run first), else the first
     code cell that calls ``interactive_view(`` (the suite's one way to add widgets)."""
     code = [(i, c) for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
     tagged = [i for i, c in code if WIDGET_TAG in c.get("metadata", {}).get("tags", [])]
     if tagged:
-        return tagged
+        return tagged if every else tagged[:1]
     calls = [i for i, c in code if WIDGET_CALL.search(_source(c))]
     return calls[:1]
 
@@ -132,7 +133,7 @@ def widget_copy(notebook: Path, folder: Path, prefix: bool = False) -> tuple[Pat
     code cells kept. The copy sits one folder down, as the original does, so the chapter's
     ``../figures/...`` lands in ``folder``."""
     nb = json.loads(notebook.read_text(encoding="utf-8"))
-    widgets = widget_cells(nb)
+    widgets = widget_cells(nb, every=os.environ.get("INSTRET_BROWSER_ALL_WIDGETS") == "1")
     if not widgets:
         return None, [], 0
     keep = set(needed_cells(nb, widgets)) if not prefix else None

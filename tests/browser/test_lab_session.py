@@ -41,7 +41,8 @@ def test_first_interactive_view_call_is_the_widget_without_tags():
 def test_tags_choose_the_widget_cells():
     nb = _nb("N = 1", ("viz.interactive_view(f, n=N)", ["widget"]), "viz.interactive_view(g, n=N)",
              ("w = make()", ["widget", "other"]))
-    assert lab.widget_cells(nb) == [1, 3]
+    assert lab.widget_cells(nb) == [1]
+    assert lab.widget_cells(nb, every=True) == [1, 3]
 
 
 def test_needed_cells_follow_the_names_the_widget_reads():

@@ -45,6 +45,8 @@ Reading of Algorithm 2 (the converted text is consistent once written out):
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 import torch
@@ -415,6 +417,17 @@ def _search_threads():
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+@contextmanager
+def _search_thread_count():
+    """numba's threads set to :func:`_search_threads` for the duration, then restored."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(_search_threads())
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 class ACKIndex(_DosdSearch):
     """A database of ACK codes laid out for fast scoring.
 
@@ -471,16 +484,12 @@ class ACKIndex(_DosdSearch):
         table_bytes = self.n * self.n_kernels * S_ext.itemsize
         query_chunk = max(1, min(query_chunk, TABLE_BYTES // table_bytes))
         out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(_search_threads())
-        try:
+        with _search_thread_count():
             for start in range(0, q.shape[0], query_chunk):
                 chunk = q[start:start + query_chunk]
                 # tables[m, j, k] = S_ext[rank of kernel k in query m, j]
                 tables = np.ascontiguousarray(S_ext[self._rank_maps(chunk).T].transpose(0, 2, 1))
                 _lookup_sums_kernel(self.codes_by_position, tables, out[start:start + chunk.shape[0]])
-        finally:
-            numba.set_num_threads(previous)
         return out.T
 
 
@@ -605,15 +614,11 @@ class ACKInvertedIndex(_DosdSearch):
         query_chunk = _check_chunk(query_chunk)
         S = np.ascontiguousarray(S_ext[:self.n].astype(acc_dtype))
         out = np.zeros((q.shape[0], self.size), dtype=acc_dtype)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(_search_threads())
-        try:
+        with _search_thread_count():
             for start in range(0, q.shape[0], query_chunk):
                 chunk = q[start:start + query_chunk]
                 _inverted_sums_kernel(self.postings, self.counts, self.starts, INVERTED_BLOCK, chunk, S,
                                       out[start:start + chunk.shape[0]])
-        finally:
-            numba.set_num_threads(previous)
         return out.T
 
 

@@ -304,3 +304,53 @@ def compact_curves(dataset, train_vectors, db_vectors, query_vectors, db_pooled,
             except ValueError as exc:  # e.g. ITQ beyond the descriptor's dimension, ACK beyond its kernels
                 curves[kind][int(nbytes)] = str(exc)
     return curves
+
+
+def compact_curves_figure(curves: dict, metric: str, reference: tuple[float, float], title: str = ""):
+    """mAP (``metric``) against bytes per image, one curve per code kind of :func:`compact_curves`
+    (budgets a kind cannot be built at are left out), ACK drawn bold, and a dashed line at the
+    uncompressed reference ``(bytes, mAP)``."""
+    import matplotlib.pyplot as plt
+
+    markers = dict(pq="o", sign="v", itq="^", float16="s", int8="D", ack="*")
+    budgets = sorted({b for by_bytes in curves.values() for b in by_bytes})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for kind, by_bytes in curves.items():
+        points = [(b, v[0][metric]) for b, v in sorted(by_bytes.items()) if isinstance(v, tuple)]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker=markers.get(kind, "o"), markersize=9 if kind == "ack" else 6,
+                    linewidth=2.4 if kind == "ack" else 1.4, label=kind)
+    ref_bytes, ref_map = reference
+    ax.axhline(ref_map, color="0.3", linestyle="--", linewidth=1)
+    ax.text(budgets[0], ref_map + 0.6, f"float32, {ref_bytes:.0f} bytes", fontsize=9, color="0.3")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("bytes per database image")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=9, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def query_times_figure(times: list[dict], float_references, title: str = ""):
+    """Milliseconds per query (median over rounds) against database size, log-log, one line per
+    search of :func:`helpers.compact.query_times`; the exact float32 references dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in times[0]["ms"]:
+        ms = [float(np.median(t["ms"][name])) for t in times]
+        ax.plot([t["size"] for t in times], ms, marker="o", linewidth=2.4 if name == "ack" else 1.4,
+                linestyle="--" if name in float_references else "-", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("database size (codes)")
+    ax.set_ylabel("ms per query (median over rounds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8.5, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig

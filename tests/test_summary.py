@@ -97,3 +97,33 @@ def test_compare_accepts_row_labels(photo_folder, realsmoke, isolated_cache):
                           train_dataset=f"folder:{realsmoke}")
     assert set(out["results"]) == {"gem", "gem+whiten"}
     assert set(out["comparisons"]) == {"gem+whiten"}
+
+
+def test_compact_curves_figure_draws_one_line_per_buildable_kind():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {"pq": {64: ({"mAP_M": 50.0}, None), 128: ({"mAP_M": 55.0}, None)},
+              "itq": {64: ({"mAP_M": 45.0}, None), 128: "ITQ needs more dimensions"},
+              "ack": {64: "n too large", 128: "n too large"}}
+    fig = summary.compact_curves_figure(curves, "mAP_M", (5120, 59.6))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"pq", "itq"}          # ack could not be built at any budget
+    assert list(lines["itq"].get_xdata()) == [64]
+    assert any(abs(line.get_ydata()[0] - 59.6) < 1e-9 for line in ax.get_lines())  # the reference
+    plt.close(fig)
+
+
+def test_query_times_figure_dashes_the_float_references():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [{"size": s, "ms": {"ack": [1.0, 2.0], "float_numpy": [s / 1e3]}} for s in (1000, 10000)]
+    fig = summary.query_times_figure(times, ("float_numpy",))
+    styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
+    assert styles == {"ack": "-", "float_numpy": "--"}
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == [1.5, 1.5]   # medians over rounds
+    plt.close(fig)

@@ -4,6 +4,7 @@ backbone, the training set and the figure folder named by the chapter's paramete
     from helpers.chapter import setup
     ch = setup(DATASET, BACKBONE, IMAGE_SIZE, FIGURE_DIR)          # prints one summary line
     ch.dataset, ch.backbone, ch.train_name, ch.figure_dir, ch.device
+    ch.warm_cache()       # chapter 00: one network pass per split caches every tap the book reads
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Chapter", "FIGURE_STYLE", "INLINE_FORMAT", "setup", "use_figure_style"]
+__all__ = ["Chapter", "FIGURE_STYLE", "INLINE_FORMAT", "book_taps", "setup", "use_figure_style"]
 
 #: One look across the series: inline figures as PNG at 72 dpi (a point is a pixel, so 9-pt text
 #: shows 9 px high in a figure no wider than ``helpers.viz.MAX_FIGURE_WIDTH``; PNG keeps thin lines
@@ -38,6 +39,21 @@ def use_figure_style() -> None:
         pass
 
 
+def book_taps(backbone) -> tuple[list[str], list[str]]:
+    """``(map taps, vector taps)`` that the chapters read at their defaults: the maps of the last conv
+    map (chapters 02, 05, 06), of ACTNET's streams (03, :func:`helpers.actnet.default_layers`), of the
+    paper's multi-layer pair (04, :func:`helpers.multilayer.paper_layer_roles`) and of ``fc``; the
+    pooled vectors of every conv tap (02's layer comparison, 04's pooled layers)."""
+    from .actnet import default_layers
+    from .multilayer import paper_layer_map, paper_layer_roles
+
+    roles = paper_layer_map(backbone)
+    maps = [backbone.last_conv, *default_layers(backbone),
+            *(roles[r] for r in paper_layer_roles(backbone.name) if r in roles), "fc"]
+    conv = list(backbone.layers)[:list(backbone.layers).index(backbone.last_conv) + 1]
+    return list(dict.fromkeys(backbone.resolve(t) for t in maps)), conv
+
+
 @dataclass
 class Chapter:
     """What a chapter works on (see :func:`setup`)."""
@@ -56,6 +72,30 @@ class Chapter:
         train = load_dataset(self.train_name)
         check_training_set(train, self.dataset)
         return train
+
+    def warm_cache(self) -> dict[str, float]:
+        """Fill the feature cache with every tap of :func:`book_taps`, in one pass of the network per
+        split: the dataset's database and queries (cropped and whole) and the training set's database
+        and queries. Each chapter computes what it misses on its own, so this only saves time:
+        run separately, the chapters would pass over the same images once per tap. Returns the
+        seconds spent per split (0 where everything was cached already)."""
+        import time
+
+        from .features import prefetch
+
+        map_taps, vector_taps = book_taps(self.backbone)
+        last = [self.backbone.last_conv]
+        plan = [(self.dataset, "db", map_taps, vector_taps), (self.dataset, "query", map_taps, vector_taps),
+                (self.dataset, "query_full", last, last)]
+        if self.train_name is not None:
+            train = self.train_dataset()
+            plan += [(train, "db", map_taps, vector_taps), (train, "query", last, last)]
+        seconds = {}
+        for dataset, split, maps, vectors in plan:
+            start = time.perf_counter()
+            prefetch(dataset, self.backbone, self.image_size, split, map_layers=maps, vector_layers=vectors)
+            seconds[f"{dataset.name} {split}"] = time.perf_counter() - start
+        return seconds
 
 
 def setup(dataset_name: str, backbone_name: str, image_size: int, figure_dir, train_dataset: str | None = None,

@@ -165,13 +165,23 @@ def evaluate_row(label: str, dataset, backbone, image_size: int, train=None, tim
 
 
 def summary_rows(labels, dataset, backbone, image_size: int, train=None, timing: bool = True,
-                 progress=None) -> dict[str, SummaryRow]:
+                 progress=None, row_options: dict[str, dict] | None = None) -> dict[str, SummaryRow]:
     """:func:`evaluate_row` for every label, ``{label: row}``; ``progress(label, seconds)`` is called
-    after each row."""
+    after each row. ``row_options`` maps a method name to options that override its defaults in every
+    row of that method (e.g. ``{"roi": {"crop_size": 128}}``, chapter 05's demo setting); an option
+    the method does not declare is refused."""
+    from .methods import method_class, resolve_method_label
+    from .options import validate_options
+
+    row_options = dict(row_options or {})
+    for name, options in row_options.items():
+        validate_options(method_class(name), dict(options))
     rows = {}
     for label in labels:
         start = time.perf_counter()
-        rows[label] = evaluate_row(label, dataset, backbone, image_size, train, timing)
+        name, options = resolve_method_label(label)
+        spec = (name, {**options, **row_options.get(name, {})})
+        rows[label] = evaluate_row(label, dataset, backbone, image_size, train, timing, spec=spec)
         if progress is not None:
             progress(label, time.perf_counter() - start)
     return rows

@@ -127,3 +127,22 @@ def test_query_times_figure_dashes_the_float_references():
     assert styles == {"ack": "-", "float_numpy": "--"}
     assert list(fig.axes[0].get_lines()[0].get_ydata()) == [1.5, 1.5]   # medians over rounds
     plt.close(fig)
+
+
+def test_summary_rows_apply_row_options_to_that_method_only(photo_folder, backbone, isolated_cache):
+    ds = load_dataset(f"folder:{photo_folder}")
+    rows = summary.summary_rows(["ack", "gem"], ds, backbone, 160, timing=False, row_options={"ack": {"n": 64}})
+    assert rows["ack"].options == {"n": 64}
+    assert rows["ack"].bytes_per_image == 128        # 64 kernel indices of 2 bytes
+    assert rows["gem"].options == {}
+    with pytest.raises(ValueError, match="crop_sise"):
+        summary.summary_rows(["gem"], ds, backbone, 160, timing=False, row_options={"roi": {"crop_sise": 128}})
+
+
+def test_book_taps_name_the_taps_the_chapters_read(backbone):
+    from helpers.actnet import default_layers
+    from helpers.chapter import book_taps
+
+    maps, vectors = book_taps(backbone)
+    assert backbone.last_conv in maps and "fc" in maps and set(default_layers(backbone)) <= set(maps)
+    assert vectors[-1] == backbone.last_conv and "fc" not in vectors

@@ -35,6 +35,7 @@ __all__ = [
     "Backbone",
     "WeightsUnavailableError",
     "load_backbone",
+    "weights_cached",
     "try_gpu",
 ]
 
@@ -216,20 +217,36 @@ def _efficientnet_lite0(device):
     return model, weights_id, ["stem", *blocks, "conv_head"], "conv_head", taps
 
 
+_TORCHVISION_BUILDERS = {
+    "vgg16": ("vgg16", "VGG16_Weights"),
+    "resnet50": ("resnet50", "ResNet50_Weights"),
+    "resnet101": ("resnet101", "ResNet101_Weights"),
+    "alexnet": ("alexnet", "AlexNet_Weights"),
+    "mobilenet_v2": ("mobilenet_v2", "MobileNet_V2_Weights"),
+}
+
+
+def _torchvision_weights(name: str):
+    """(torchvision's ImageNet weights enum of ``name``, the file they are cached in)."""
+    import torchvision
+
+    weights = getattr(torchvision.models, _TORCHVISION_BUILDERS[name][1]).IMAGENET1K_V1
+    return weights, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def weights_cached(name: str) -> bool:
+    """Whether backbone ``name`` loads without a download: always for the offline default, for a
+    torchvision backbone when its ImageNet weights file is in the torch cache."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return name == "efficientnet_lite0" or _torchvision_weights(name)[1].is_file()
+
+
 def _torchvision_model(name: str):
     import torchvision
 
-    builders = {
-        "vgg16": ("vgg16", "VGG16_Weights"),
-        "resnet50": ("resnet50", "ResNet50_Weights"),
-        "resnet101": ("resnet101", "ResNet101_Weights"),
-        "alexnet": ("alexnet", "AlexNet_Weights"),
-        "mobilenet_v2": ("mobilenet_v2", "MobileNet_V2_Weights"),
-    }
-    fn_name, enum_name = builders[name]
-    weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
-    filename = os.path.basename(weights.url)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    fn_name = _TORCHVISION_BUILDERS[name][0]
+    weights, cached = _torchvision_weights(name)
     if not cached.is_file() and os.environ.get("INSTRET_OFFLINE") == "1":
         raise WeightsUnavailableError(_missing_weights_message(name, weights.url, cached))
     try:

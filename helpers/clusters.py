@@ -39,7 +39,7 @@ Readings of the paper where it is not explicit (also stated in the notebook)
   (5 and 20 use the leading 5 and 20 eigenvectors of the same matrix); ``eigen_solver="sklearn"``
   runs scikit-learn's estimator itself, once per cluster count, as the reference.
 * Query expansion of Table 1 ("R + QE") is reduced to average query expansion (no spatial
-  re-ranking): :func:`average_query_expansion` (the core has no query expansion).
+  re-ranking): :func:`helpers.postprocess.query_expansion` with ``alpha = 0``.
 * C, the number of PCA dimensions, is the paper's for VGG16 (4) and ResNet101 (7) and 8 for other
   backbones, EfficientNet-Lite0 included (:func:`default_n_components` says why).
 
@@ -62,6 +62,7 @@ from scipy.spatial.distance import cdist
 
 from .options import choice, fraction, parse_bool, positive_int
 from .pooling import l2n_np
+from .postprocess import query_expansion
 
 try:  # the Yu-Shi discretisation; private in scikit-learn, so keep a public fallback
     from sklearn.cluster._spectral import discretize as _sklearn_discretize
@@ -97,7 +98,6 @@ __all__ = [
     "region_precision",
     "region_precision_map",
     "share_at_or_above",
-    "average_query_expansion",
     "colour_thumbnail",
     "cluster_region_masks",
     "colour_thumbnails",
@@ -692,34 +692,6 @@ def share_at_or_above(precisions, thresholds) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Average query expansion (Table 1's "QE"; the core has none)
-# --------------------------------------------------------------------------------------------------
-
-def average_query_expansion(query_vectors, db_vectors, scores=None, k: int = 5) -> np.ndarray:
-    """Average query expansion (Chum et al. 2007): the new query is the l2-normalised sum of the
-    query and its ``k`` best-scored database vectors; returns the new ``n_db x n_q`` scores
-    (dot products). ``scores`` (``n_db x n_q``) defaults to ``db_vectors @ query_vectors.T``.
-
-    Ties in the first ranking are broken by database index. ``k = 0`` returns ``scores`` unchanged.
-    """
-    Q = np.asarray(query_vectors, dtype=np.float32)
-    X = np.asarray(db_vectors, dtype=np.float32)
-    if Q.ndim != 2 or X.ndim != 2 or Q.shape[1] != X.shape[1]:
-        raise ValueError(f"need n_q x D queries and n_db x D database vectors, got {Q.shape} and {X.shape}")
-    S = X @ Q.T if scores is None else np.asarray(scores, dtype=np.float32)
-    if S.shape != (X.shape[0], Q.shape[0]):
-        raise ValueError(f"scores must be n_db x n_q = {(X.shape[0], Q.shape[0])}, got {S.shape}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be a non-negative int, got {k!r}")
-    if k == 0:
-        return S
-    k = min(int(k), X.shape[0])
-    top = np.argsort(-S, axis=0, kind="stable")[:k]  # k x n_q
-    expanded = Q + X[top].sum(axis=0)
-    return X @ l2n_np(expanded).T
-
-
-# --------------------------------------------------------------------------------------------------
 # Regions of one image (Sec. 4.1)
 # --------------------------------------------------------------------------------------------------
 
@@ -1021,7 +993,7 @@ class ActivationClustersMethod(RetrievalMethod):
         """Cosine scores, then average query expansion when ``qe_k > 0``."""
         queries, db = self.describe(dataset, "query"), self.describe(dataset, "db")
         scores = self.score(queries, db)
-        return average_query_expansion(queries, db, scores, self.qe_k) if self.qe_k else scores
+        return query_expansion(queries, db, scores, self.qe_k) if self.qe_k else scores
 
 
 def mean_precision_per_query(precisions) -> np.ndarray:

@@ -64,6 +64,16 @@ T_IOU = 0.95
 #: Features a RoI can be described by: classifier penultimate layer on the crop, or pooled CFMs.
 RoIFeature = Literal["fc", "max", "sum"]
 ROI_FEATURES = typing.get_args(RoIFeature)
+
+#: Table 3 of the paper: mAP of CNN-based methods on Paris6k and Oxford5k, as published ("-": not given).
+PAPER_TABLE3 = (
+    {"method": "Mohedano et al. (2016)", "network": "VGG16", "layer": "conv", "paris6k": "84.8", "oxford5k": "78.8"},
+    {"method": "Razavian et al. (2014)", "network": "OverFeat", "layer": "fc", "paris6k": "67.6", "oxford5k": "52.0"},
+    {"method": "Ng, Yang and Davis (2015)", "network": "VGG16", "layer": "conv", "paris6k": "69.4", "oxford5k": "64.9"},
+    {"method": "Mopuri and Babu (2015)", "network": "AlexNet", "layer": "fc", "paris6k": "71.47", "oxford5k": "60.71"},
+    {"method": "Babenko and Lempitsky (2015)", "network": "VGG16", "layer": "conv", "paris6k": "-", "oxford5k": "65.7"},
+    {"method": "Fc7 RoIs (the paper)", "network": "AlexNet", "layer": "fc", "paris6k": "86.78", "oxford5k": "72.86"},
+)
 #: RoIs per training image (plus the whole image) on which the PCA-whitening is learned.
 WHITENING_ROIS = 20
 

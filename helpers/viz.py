@@ -400,20 +400,31 @@ def result_strips(dataset, scores, queries, top_k: int = 8, title: str = "", max
 __all__ += ["result_strips"]
 
 
-def method_strips(dataset, scores_by_method: dict, query: int, top_k: int = 6, max_side: int = 256):
-    """One query's top ``top_k`` under several methods, one row per method (``{name: n_db x n_q
-    scores}``), each row titled with the method's name and the query's AP under it."""
+def method_strips(dataset, scores_by_method: dict, query, top_k: int = 6, max_side: int = 256):
+    """The top ``top_k`` of one query (an int) or of several (a list) under several methods: one row
+    per query and method (``{name: n_db x n_q scores}``), each row titled with the method's name and
+    the query's AP under it; borders green (right), red (wrong) or grey (junk)."""
     from .evaluate import evaluate_scores, per_query_ap, ranks_from_scores
 
+    queries = [int(query)] if np.ndim(query) == 0 else [int(q) for q in query]
+    checked = {name: _checked_scores(dataset, scores) for name, scores in scores_by_method.items()}
+    ranks = {name: ranks_from_scores(scores) for name, scores in checked.items()}
+    aps = {name: per_query_ap(evaluate_scores(dataset, scores)) for name, scores in checked.items()}
+    n_rows = len(queries) * len(checked)
     side = min(1.9, MAX_FIGURE_WIDTH / (1 + top_k))
-    fig, axes = plt.subplots(len(scores_by_method), 1 + top_k,
-                             figsize=(side * (1 + top_k), (side + 0.45) * len(scores_by_method) + 0.4), squeeze=False)
-    label = dataset.query_labels[query] if dataset.query_labels else f"query {query}"
-    for row, (name, scores) in zip(axes, scores_by_method.items()):
-        scores = _checked_scores(dataset, scores)
-        ap = per_query_ap(evaluate_scores(dataset, scores))[query]
-        _ranked_row(row, dataset, scores, query, top_k, ranks_from_scores(scores), f"{name}\nAP {ap:.1f}", max_side)
-    fig.suptitle(f"query {query} ({label}): top {top_k} (green right, red wrong, grey junk)", fontsize=10)
+    fig, axes = plt.subplots(n_rows, 1 + top_k, figsize=(side * (1 + top_k), (side + 0.45) * n_rows + 0.4),
+                             squeeze=False)
+    rows = iter(axes)
+    for q in queries:
+        for name, scores in checked.items():
+            title = f"{name}\nAP {aps[name][q]:.1f}" if len(queries) == 1 else f"query {q}: {name}\nAP {aps[name][q]:.1f}"
+            _ranked_row(next(rows), dataset, scores, q, top_k, ranks[name], title, max_side)
+    if len(queries) == 1:
+        label = dataset.query_labels[queries[0]] if dataset.query_labels else f"query {queries[0]}"
+        fig.suptitle(f"query {queries[0]} ({label}): top {top_k} (green right, red wrong, grey junk)", fontsize=10)
+    else:
+        fig.suptitle(f"top {top_k} of queries {', '.join(map(str, queries))} (green right, red wrong, grey junk)",
+                     fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -66,3 +66,20 @@ def test_torchvision_weights_missing_offline_give_instructions(name, tmp_path, m
         load_backbone(name, device="cpu")
     message = str(info.value)
     assert "IMAGENET1K_V1" in message and "checkpoints" in message and "efficientnet_lite0" in message
+
+
+def test_weights_cached_looks_in_the_torch_cache(tmp_path, monkeypatch):
+    import torch
+
+    from helpers.backbones import _torchvision_weights, weights_cached
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert weights_cached("efficientnet_lite0")
+    assert not weights_cached("mobilenet_v2")
+    _, path = _torchvision_weights("mobilenet_v2")
+    assert path.parent == tmp_path / "checkpoints"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert weights_cached("mobilenet_v2")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        weights_cached("resnext101")

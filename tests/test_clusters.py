@@ -357,22 +357,6 @@ def test_share_at_or_above():
     np.testing.assert_allclose(hc.share_at_or_above(p, [0.0, 0.5, 0.75, 1.0]), [1.0, 0.75, 0.25, 0.25])
 
 
-# ------------------------------------------------------------------ average query expansion
-
-def test_average_query_expansion_by_hand():
-    db = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=np.float32)
-    q = np.array([[0.6, 0.8]], dtype=np.float32)
-    scores = hc.average_query_expansion(q, db, k=1)
-    # best match of q is db[1] (0.96): new query = l2n(q + db[1]) = l2n(1.4, 1.4)
-    new_q = np.array([1.4, 1.4]) / np.hypot(1.4, 1.4)
-    np.testing.assert_allclose(scores[:, 0], db @ new_q, rtol=1e-5)
-    np.testing.assert_array_equal(hc.average_query_expansion(q, db, k=0), db @ q.T)
-    with pytest.raises(ValueError, match="non-negative int"):
-        hc.average_query_expansion(q, db, k=-1)
-    with pytest.raises(ValueError, match="n_q x D"):
-        hc.average_query_expansion(q, db[:, :1], k=1)
-
-
 def test_default_n_components():
     assert hc.default_n_components("vgg16") == 4 and hc.default_n_components("resnet101") == 7
     assert hc.default_n_components("efficientnet_lite0") == hc.FALLBACK_N_COMPONENTS

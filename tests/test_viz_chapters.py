@@ -114,6 +114,10 @@ def test_method_strips_one_row_per_method_with_its_ap(tmp_path):
     plt.close(fig)
     assert len(titles) == 6 and titles[0].startswith("good\nAP 100") and titles[3].startswith("bad\nAP")
     assert titles[1] == "#1 (0.90)"
+    fig = viz.method_strips(dataset, {"good": good, "bad": bad}, [0, 1], top_k=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert len(titles) == 12 and titles[0].startswith("query 0: good\nAP") and titles[9].startswith("query 1: bad")
 
 
 def test_clusters_figure_three_rows_per_image():

@@ -50,12 +50,14 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .methods import RetrievalMethod, register_method
 from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
     "ACKIndex", "ACKInvertedIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
+    "cell_patch", "maximise_kernel", "strongest_patches",
     "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
     "dosd_scores", "draw_kernel_boxes", "explore_view", "histogram_similarity", "instance_overlap",
     "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
@@ -979,3 +981,76 @@ class ACKMethod(RetrievalMethod):
 
     def score(self, query_desc, db_desc):
         return ack_scores(query_desc, db_desc, self.n_kernels, self.metric)
+
+
+# ------------------------------------------------------------------ Fig. 7: what a kernel responds to
+
+
+def maximise_kernel(backbone, layer: str, kernel: int, size: int = 96, steps: int = 40, lr: float = 0.05,
+                    decay: float = 1e-3, blur_every: int = 4, start: np.ndarray | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """The input that maximises kernel ``kernel``'s mean activation in ``layer`` (Erhan et al. 2009, the
+    paper's Fig. 7): gradient ascent (Adam) on a ``size`` x ``size`` image, with an L2 penalty ``decay``
+    and a light blur every ``blur_every`` steps, the two usual regularisers that keep the result from
+    turning into high-frequency noise. Returns an RGB uint8 image.
+
+    ``start`` (an RGB uint8 image, resized to ``size``) is where the ascent begins; default faint noise.
+    A kernel behind a ReLU that is silent on the start image has no gradient there and stays put:
+    start such a kernel from an image it responds to (:func:`strongest_patches`)."""
+    from PIL import Image
+    from torchvision.transforms.functional import gaussian_blur
+
+    layer = backbone.resolve(layer)
+    channels = backbone.channels(layer)
+    if not 0 <= int(kernel) < channels:
+        raise ValueError(f"kernel must lie in 0..{channels - 1} for {layer!r}, got {kernel!r}")
+    if size < 16 or steps < 1:
+        raise ValueError(f"need size >= 16 and steps >= 1, got {size}, {steps}")
+    if start is None:
+        generator = torch.Generator().manual_seed(seed)
+        x = (0.1 * torch.randn(1, 3, size, size, generator=generator)).to(backbone.device)
+    else:
+        resized = np.asarray(Image.fromarray(np.asarray(start, np.uint8)).resize((size, size), Image.Resampling.BICUBIC))
+        x = backbone.preprocess(resized)
+    x = x.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([x], lr=lr)
+    for step in range(steps):
+        response = backbone.forward_taps(x, [layer], grad=True)[layer][0, int(kernel)].mean()
+        loss = -response + decay * x.pow(2).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if blur_every and (step + 1) % blur_every == 0:
+            with torch.no_grad():
+                x.copy_(gaussian_blur(x, kernel_size=3, sigma=0.5))
+    mean = torch.tensor(backbone.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=x.device).view(1, 3, 1, 1)
+    image = (x.detach() * std + mean).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    return (255 * image + 0.5).astype(np.uint8)
+
+
+def strongest_patches(maps, kernel: int, n: int = 3) -> list[tuple[int, int, int]]:
+    """Where kernel ``kernel`` responds most over a list of ``C x h x w`` maps: the ``n`` images whose
+    3 x 3 neighbourhood of cells has the largest mean response, as ``(image index, row, column)`` of
+    that neighbourhood's centre. The neighbourhood, not the single cell: behind a ReLU6 many images
+    reach the ceiling of 6 in one cell, and ranking them by one cell would rank them by index."""
+    peaks = []
+    for i, fmap in enumerate(maps):
+        channel = fmap[int(kernel)].float()[None, None]
+        local = F.avg_pool2d(channel, 3, stride=1, padding=1)[0, 0]   # zero padding: no border bias
+        flat = int(torch.argmax(local))
+        peaks.append((float(local.reshape(-1)[flat]), i, flat // local.shape[1], flat % local.shape[1]))
+    peaks.sort(key=lambda p: (-p[0], p[1]))
+    return [(i, r, c) for _, i, r, c in peaks[:n]]
+
+
+def cell_patch(image: np.ndarray, map_hw, row: int, col: int, side: float = 0.35) -> np.ndarray:
+    """The square of ``side`` x the image's short side centred on map cell ``(row, col)``, cut from the
+    image the map was computed on (clipped to the image)."""
+    H, W = image.shape[:2]
+    h, w = map_hw
+    cy, cx = (row + 0.5) * H / h, (col + 0.5) * W / w
+    half = side * min(H, W) / 2
+    y0, y1 = int(max(0, cy - half)), int(min(H, cy + half))
+    x0, x1 = int(max(0, cx - half)), int(min(W, cx + half))
+    return image[y0:y1, x0:x1]

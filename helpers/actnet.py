@@ -1224,6 +1224,249 @@ def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation
     return head, history, path
 
 
+# ------------------------------------------------------------------ end to end (Sec. 3.4: the CNN trained too)
+
+
+def _forward_order(backbone) -> tuple[list, dict]:
+    """The modules that own parameters, in the order a forward pass runs them, and for each conv tap
+    how many of them have run when it fires (one probe pass on a small input)."""
+    order, fired, handles = [], {}, []
+
+    def ran(module, inputs, output):  # a forward hook that returns a value would replace the output
+        order.append(module)
+
+    def tap_fired(name):
+        def hook(module, inputs, output):
+            fired.setdefault(name, len(order))
+        return hook
+
+    for module in backbone.model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            handles.append(module.register_forward_hook(ran))
+    for name in backbone.conv_layers:
+        module, _ = backbone.tap_modules[name]
+        handles.append(module.register_forward_hook(tap_fired(name)))
+    try:
+        with torch.no_grad():
+            backbone.model(torch.zeros(1, 3, 64, 64, device=backbone.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order)), fired
+
+
+def default_train_blocks(backbone) -> int:
+    """The default of ``train_blocks``: the whole convolutional part, as the paper trains it, where a
+    GPU is present (the backbone is on CUDA); 0, the frozen backbone, on a CPU, where fine-tuning the
+    whole network takes hours (chapter 03 runs a short schedule of a few blocks instead)."""
+    device = getattr(backbone, "device", None)
+    return len(backbone.conv_layers) if device is not None and torch.device(device).type == "cuda" else 0
+
+
+def trainable_blocks(backbone, train_blocks: int) -> list:
+    """The modules of the last ``train_blocks`` conv blocks: every module with parameters that runs
+    after the tap ``conv_layers[-train_blocks - 1]`` and up to :attr:`last_conv` (``0``: none, the
+    frozen backbone; ``len(conv_layers)``: the whole convolutional part, as the paper trains it).
+    For EfficientNet-Lite0, ``1`` is its 1x1 ``conv_head`` (with its batch norm), ``2`` adds ``block6``."""
+    conv = backbone.conv_layers
+    if isinstance(train_blocks, bool) or not isinstance(train_blocks, (int, np.integer)) or \
+            not 0 <= train_blocks <= len(conv):
+        raise ValueError(f"train_blocks must be an int in 0..{len(conv)} (the conv taps of {backbone.name!r}: "
+                         f"{conv}), got {train_blocks!r}")
+    if train_blocks == 0:
+        return []
+    order, fired = _forward_order(backbone)
+    start = 0 if train_blocks == len(conv) else fired[conv[-train_blocks - 1]]
+    return order[start:fired[backbone.last_conv]]
+
+
+def tuned_copy(backbone, train_blocks: int, tag: str):
+    """A copy of ``backbone`` whose last ``train_blocks`` blocks (:func:`trainable_blocks`) require
+    gradients, under the weights id ``<weights_id>-<tag>`` (the feature cache keeps its maps apart).
+    The original backbone is left untouched. Returns (copy, its trainable modules)."""
+    import copy
+    import dataclasses
+
+    memo: dict = {}
+    model = copy.deepcopy(backbone.model, memo)
+    taps = {name: (memo[id(module)], kind) for name, (module, kind) in backbone.tap_modules.items()}
+    tuned = dataclasses.replace(backbone, model=model, tap_modules=taps, weights_id=f"{backbone.weights_id}-{tag}",
+                                _shapes={})
+    modules = [memo[id(m)] for m in trainable_blocks(backbone, train_blocks)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in modules:
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(True)
+    model.eval()  # batch norms keep their ImageNet statistics: mini-batches of one image cannot estimate them
+    return tuned, modules
+
+
+def _image_maps(network, layers, images, grad: bool = False) -> Dict[str, list]:
+    """``{layer: [C x h x w map per image]}`` of preprocessed images (the graph recorded if ``grad``)."""
+    taps = [network.forward_taps(x, layers, grad=grad) for x in images]
+    return {layer: [t[layer][0] for t in taps] for layer in layers}
+
+
+def _describe_images(tuned, head: ACTNetHead, images, batch: int = 32) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([head(_image_maps(tuned, head.layers, images[s:s + batch])).cpu()
+                          for s in range(0, len(images), batch)])
+
+
+def block_changes(initial: Mapping[str, torch.Tensor], modules) -> Dict[str, float]:
+    """Relative change ``||w - w0|| / ||w0||`` of each trainable backbone module's parameters, in %."""
+    out = {}
+    for i, module in enumerate(modules):
+        for name, p in module.named_parameters(recurse=False):
+            key = f"{i}:{type(module).__name__}.{name}"
+            w0 = initial[key]
+            out[key] = float(100 * (p.detach().cpu() - w0).norm() / w0.norm().clamp(min=1e-12))
+    return out
+
+
+def train_end_to_end(head: ACTNetHead, tuned, modules, images, labels: Sequence, config: TrainingConfig,
+                     junk: Optional[Sequence] = None, progress: bool = False) -> Dict[str, list]:
+    """Train the head *and* the backbone's trainable blocks with the triplet loss (eq. 23).
+
+    ``images``: the training images, preprocessed (``1 x 3 x H x W`` each, :meth:`Backbone.preprocess`),
+    in the order of ``labels``. Each epoch re-mines the hard triplets from the descriptors of the
+    network as it is then (:func:`mine_hard_triplets`), then runs SGD over them; every image of a
+    mini-batch goes through the network with the graph recorded, so the gradients reach the
+    trainable blocks. Returns the history of :func:`train_head` plus, per epoch, ``"blocks"``: the
+    relative change (%) of each trainable module's parameters (:func:`block_changes`).
+    """
+    labels = np.asarray(labels)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images for {len(labels)} labels")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    initial = {f"{i}:{type(m).__name__}.{n}": p.detach().cpu().clone()
+               for i, m in enumerate(modules) for n, p in m.named_parameters(recurse=False)}
+    trainable = [p for p in head.parameters() if p.requires_grad] + [p for m in modules for p in m.parameters(recurse=False)]
+    optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": [], "blocks": []}
+
+    def record(epoch, batch_losses):
+        head.eval()
+        desc = _describe_images(tuned, head, images)
+        triplets = torch.as_tensor(mine_hard_triplets(desc.numpy(), labels, config.margin,
+                                                      np.random.default_rng(config.seed), keep_all=True, junk=junk))
+        if len(triplets) == 0:
+            raise ValueError("no training triplet: every instance needs at least two images and there must be "
+                             "at least two instances")
+        history["epoch"].append(epoch)
+        history["objective"].append(float(triplet_loss(desc[triplets[:, 0]], desc[triplets[:, 1]],
+                                                       desc[triplets[:, 2]], config.margin)))
+        history["batch_loss"].append(float(np.mean(batch_losses)) if batch_losses else float("nan"))
+        history["parameters"].append(head.parameter_summary())
+        history["blocks"].append(block_changes(initial, modules))
+        return desc
+
+    desc = record(0, [])
+    for epoch in range(1, config.epochs + 1):
+        triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, rng, junk=junk)
+        history["active_triplets"].append(int(len(triplets)))
+        rng.shuffle(triplets)
+        head.train()
+        batch_losses = []
+        for start in range(0, len(triplets), config.triplets_per_batch):
+            batch = triplets[start:start + config.triplets_per_batch]
+            chosen, local = np.unique(batch.reshape(-1), return_inverse=True)
+            local = torch.as_tensor(local.reshape(-1, 3))
+            out = head(_image_maps(tuned, head.layers, [images[i] for i in chosen], grad=True))
+            loss = triplet_loss(out[local[:, 0]], out[local[:, 1]], out[local[:, 2]], config.margin)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            batch_losses.append(float(loss.detach()))
+        desc = record(epoch, batch_losses)
+        if progress:
+            print(f"epoch {epoch}/{config.epochs}: {len(triplets)} active triplets, "
+                  f"objective {history['objective'][-1]:.4f}")
+    history["active_triplets"].append(int(len(mine_hard_triplets(desc.numpy(), labels, config.margin,
+                                                                   np.random.default_rng(config.seed), junk=junk))))
+    head.eval()
+    return history
+
+
+def fit_actnet_end_to_end(train_dataset, backbone, layers, image_size: int, train_blocks: int,
+                          activation: str = "weibull", activation_init: Optional[Mapping[str, float]] = None,
+                          power_norm: Optional[bool] = None, p_init: float = 0.5, whiten: bool = True,
+                          whiten_dim: Optional[int] = None, whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
+                          training: Optional[TrainingConfig] = None, use_cache: bool = True, progress: bool = False):
+    """ACTNET trained end to end: the head of :func:`fit_actnet_head` and the backbone's last
+    ``train_blocks`` blocks (:func:`trainable_blocks`) learned together by the triplet loss, hard
+    negatives re-mined every epoch with the fine-tuned network (:func:`train_end_to_end`), on the
+    training dataset's database images at ``image_size``.
+
+    The head starts as the frozen path's does (input scales, stream balance and PCA-whitening from
+    the maps of the pretrained network). Returns (fine-tuned backbone copy, head, history, cache
+    path); both are cached under :func:`head_cache_path` of the configuration (which holds
+    ``train_blocks``), the backbone as the state of its trainable modules only. ``train_blocks = 0``
+    is the frozen path: use :func:`fit_actnet_head`.
+    """
+    import hashlib
+    import json
+
+    from .features import _load, split_images
+
+    training = training if training is not None else TrainingConfig()
+    if train_blocks == 0:
+        raise ValueError("train_blocks=0 is the frozen backbone: use fit_actnet_head")
+    trainable_blocks(backbone, train_blocks)  # validates train_blocks
+    power_norm = default_power_norm(activation) if power_norm is None else bool(power_norm)
+    layers = [backbone.resolve(l) for l in layers]
+    config = head_config(train_dataset, backbone, layers, image_size, activation, activation_init, power_norm,
+                         p_init, whiten, whiten_dim, whiten_shrinkage, training)
+    config["train_blocks"] = int(train_blocks)
+    path = head_cache_path(config)
+    tag = "actnet-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    tuned, modules = tuned_copy(backbone, train_blocks, tag)
+    if use_cache:
+        cached = read_entry(path, _load_end_to_end, "trained ACTNET network")
+        if cached is not None:
+            head, blocks_state, history = cached
+            for module, state in zip(modules, blocks_state):
+                module.load_state_dict(state, strict=False)
+            for p in tuned.model.parameters():
+                p.requires_grad_(False)
+            return tuned, head.to(backbone.device), history, path
+    images = [backbone.preprocess(_load(p, bbx, image_size)).cpu() for p, bbx in split_images(train_dataset, "db")]
+    labels = training_labels(train_dataset)
+    junk = training_junk(train_dataset, labels)
+    with torch.no_grad():
+        maps = _image_maps(backbone, layers, images)
+    head = _build_head(config, [int(maps[l][0].shape[0]) for l in layers])
+    head.init_input_scales(maps)
+    head.init_stream_balance(maps)
+    if whiten:
+        head.init_whitening(maps, dim=whiten_dim, shrinkage=whiten_shrinkage)
+    del maps
+    history = train_end_to_end(head.to(backbone.device), tuned, modules, images, labels, training, junk, progress)
+    for p in tuned.model.parameters():
+        p.requires_grad_(False)
+    if use_cache:
+        _save_end_to_end(path, head, config, history, modules)
+    return tuned, head, history, path
+
+
+def _save_end_to_end(path, head: ACTNetHead, config: Mapping, history: Mapping, modules) -> None:
+    from .cache import atomic_write
+
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    blocks = [{n: p.detach().cpu() for n, p in m.named_parameters(recurse=False)} for m in modules]
+    blob = {"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
+            "state_dict": state, "history": dict(history), "blocks": blocks}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+
+def _load_end_to_end(path):
+    head, config, history = load_head(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return head, blob["blocks"], history
+
+
 def _as_layer_list(layers) -> Optional[List[str]]:
     if layers is None:
         return None
@@ -1234,7 +1477,8 @@ def _as_layer_list(layers) -> Optional[List[str]]:
 
 @register_method("actnet")
 class ACTNetMethod(RetrievalMethod):
-    """ACTNET head (activation streams + power normalisation + PCA-whitening layer, l2n) on frozen backbone maps.
+    """ACTNET head (activation streams + power normalisation + PCA-whitening layer, l2n) on backbone maps,
+    the backbone frozen or its last blocks trained with the head (``train_blocks``).
 
     Options (``--option KEY=VALUE`` on the command line):
         activation: "weibull" (default), "sinh", "exp" or "identity" (direct aggregation, DA:
@@ -1245,6 +1489,9 @@ class ACTNetMethod(RetrievalMethod):
         whiten (bool, default True as in the paper), whiten_dim, whiten_shrinkage: the PCA-whitening layer.
         power_norm (bool; default: none for DA, learnable for the activations, :func:`default_power_norm`),
             p_init: eq. 20. use_cache (bool): reuse / store the trained head.
+        train_blocks: how many of the backbone's last conv blocks learn with the head, end to end
+            (:func:`fit_actnet_end_to_end`); 0 is the frozen backbone. Default
+            (:func:`default_train_blocks`): all of them, as the paper, where a GPU is present; 0 on a CPU.
     Similarity: dot product of the l2-normalised descriptors (ranking = Euclidean distance ranking).
     Further keyword options are the activation's initial values (``alpha``, ``beta``, ...,
     :data:`DEFAULT_ACTIVATION_INIT`), checked here against the chosen activation.
@@ -1263,7 +1510,7 @@ class ACTNetMethod(RetrievalMethod):
                  seed: int = 0, whiten: bool = True, whiten_dim: Optional[int] = None,
                  whiten_shrinkage: float = DEFAULT_WHITEN_SHRINKAGE,
                  power_norm: Optional[bool] = None, p_init: float = 0.5, use_cache: bool = True,
-                 progress: bool = False, **activation_init):
+                 progress: bool = False, train_blocks: Optional[int] = None, **activation_init):
         from .options import OptionError, choice
 
         super().__init__(backbone, image_size)
@@ -1287,16 +1534,28 @@ class ACTNetMethod(RetrievalMethod):
         self.power_norm = default_power_norm(activation) if power_norm is None else bool(power_norm)
         self.p_init = float(p_init)
         self.use_cache, self.progress = bool(use_cache), bool(progress)
+        self.train_blocks = default_train_blocks(backbone) if train_blocks is None else int(train_blocks)
+        trainable_blocks(backbone, self.train_blocks) if self.train_blocks else None  # validates it early
+        if self.train_blocks:
+            self.learns = (f"activation, power-normalisation and PCA-whitening layers and the backbone's last "
+                           f"{self.train_blocks} conv blocks, end to end by the triplet loss")
+        self.network = backbone  # the backbone the descriptors come from (a fine-tuned copy once fit)
         self.head: Optional[ACTNetHead] = None
         self.history: Optional[dict] = None
         self.head_path = None
         self.train_dataset = None
 
     def fit(self, train_dataset):
-        self.head, self.history, self.head_path = fit_actnet_head(
-            train_dataset, self.backbone, self.layers, self.image_size, self.activation, self.activation_init,
-            self.power_norm, self.p_init, self.whiten, self.whiten_dim, self.whiten_shrinkage, self.training,
-            use_cache=self.use_cache, progress=self.progress, device=self.backbone.device)
+        options = (self.activation, self.activation_init, self.power_norm, self.p_init, self.whiten, self.whiten_dim,
+                   self.whiten_shrinkage, self.training)
+        if self.train_blocks:
+            self.network, self.head, self.history, self.head_path = fit_actnet_end_to_end(
+                train_dataset, self.backbone, self.layers, self.image_size, self.train_blocks, *options,
+                use_cache=self.use_cache, progress=self.progress)
+        else:
+            self.head, self.history, self.head_path = fit_actnet_head(
+                train_dataset, self.backbone, self.layers, self.image_size, *options,
+                use_cache=self.use_cache, progress=self.progress, device=self.backbone.device)
         self.train_dataset = train_dataset
         return self
 
@@ -1306,7 +1565,7 @@ class ACTNetMethod(RetrievalMethod):
         if self.head is None:
             raise RuntimeError("actnet must be fit on a training dataset first (method.fit(load_dataset(...)))")
         check_disjoint_instances(self.train_dataset, dataset)
-        maps = extract_maps(dataset, self.backbone, list(self.layers), self.image_size, split)
+        maps = extract_maps(dataset, self.network, list(self.layers), self.image_size, split)
         return describe_maps(self.head, maps).numpy()
 
     def score(self, query_desc, db_desc):

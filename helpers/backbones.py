@@ -98,6 +98,12 @@ class Backbone:
         """Every tap name: the conv layers (low to high), then ``"fc"`` and ``"logits"``."""
         return list(self.layers) + ["fc", "logits"]
 
+    @property
+    def conv_layers(self) -> list[str]:
+        """The conv taps, low to high, up to :attr:`last_conv` (VGG16 and AlexNet list "fc6" and
+        "fc7" after it)."""
+        return list(self.layers[: list(self.layers).index(self.last_conv) + 1])
+
     def resolve(self, layer: str) -> str:
         """Canonical tap name; ``"last_conv"`` is an alias of :attr:`last_conv`."""
         if layer == "last_conv":
@@ -108,12 +114,13 @@ class Backbone:
             )
         return layer
 
-    @torch.no_grad()
-    def forward_taps(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    def forward_taps(self, x: torch.Tensor, layers, grad: bool = False) -> dict[str, torch.Tensor]:
         """Run the network on ``x`` (``N x 3 x H x W``) and return the requested taps.
 
         Conv taps are ``N x C x h x w``; ``"fc"`` and ``"logits"`` are ``N x D``. The forward pass
         stops as soon as every requested tap has been seen, so asking only for early layers is cheap.
+        ``grad=True`` records the graph (fine-tuning: gradients reach the parameters that require
+        them); by default nothing is recorded.
         """
         if isinstance(layers, str):
             layers = [layers]
@@ -142,7 +149,8 @@ class Backbone:
             else:
                 handles.append(module.register_forward_hook(make_hook(name, kind)))
         try:
-            self.model(x.to(self.device))
+            with torch.set_grad_enabled(grad):
+                self.model(x.to(self.device))
         except _Done:
             pass
         finally:

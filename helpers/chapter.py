@@ -50,8 +50,7 @@ def book_taps(backbone) -> tuple[list[str], list[str]]:
     roles = paper_layer_map(backbone)
     maps = [backbone.last_conv, *default_layers(backbone),
             *(roles[r] for r in paper_layer_roles(backbone.name) if r in roles), "fc"]
-    conv = list(backbone.layers)[:list(backbone.layers).index(backbone.last_conv) + 1]
-    return list(dict.fromkeys(backbone.resolve(t) for t in maps)), conv
+    return list(dict.fromkeys(backbone.resolve(t) for t in maps)), backbone.conv_layers
 
 
 @dataclass

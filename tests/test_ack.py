@@ -587,3 +587,45 @@ def test_method_end_to_end_on_real_photos(photo_folder, isolated_cache, backbone
     assert result["mAP"] > 50.0  # crops and flips of 4 distinct photos are easy
     jac = make_method("ack", backbone, 96, n=64, metric="jaccard").search(dataset)
     assert jac.shape == scores.shape
+
+
+def test_maximised_input_raises_the_kernels_mean_activation(backbone):
+    import torch
+
+    from helpers import ack
+
+    import skimage.data
+    from PIL import Image
+
+    start = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((64, 64)))
+
+    def response(img, kernel):
+        with torch.no_grad():
+            return float(backbone.forward_taps(backbone.preprocess(img), ["conv_head"])["conv_head"][0, kernel].mean())
+
+    with torch.no_grad():
+        means = backbone.forward_taps(backbone.preprocess(start), ["conv_head"])["conv_head"][0].mean((1, 2))
+    # a kernel that responds, far below ReLU6's ceiling of 6
+    kernel = int(next(k for k in torch.argsort(means, descending=True) if 0.2 < means[k] < 2))
+    assert 0.2 < response(start, kernel) < 2
+    image = ack.maximise_kernel(backbone, "conv_head", kernel, size=64, steps=12, start=start)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert response(image, kernel) > 1.5 * response(start, kernel)
+    with pytest.raises(ValueError, match="kernel must lie"):
+        ack.maximise_kernel(backbone, "conv_head", 5000)
+
+
+def test_strongest_patches_and_cell_patch():
+    import torch
+
+    from helpers import ack
+
+    maps = [torch.zeros(3, 4, 5) for _ in range(4)]
+    maps[2][1, 3, 4] = 5.0                     # one strong cell in a corner: neighbourhood mean 5/9
+    maps[0][1, 1, 1] = 6.0                     # the same peak as image 3's (mean 6/9) ...
+    maps[3][1, 1:3, 1:3] = 6.0                 # ... but image 3 responds over a whole region (24/9)
+    assert ack.strongest_patches(maps, 1, 3) == [(3, 1, 1), (0, 0, 0), (2, 2, 3)]
+    image = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
+    patch = ack.cell_patch(image, (4, 5), 3, 4, side=0.5)   # bottom-right cell: clipped at the border
+    np.testing.assert_array_equal(patch, image[25:40, 35:50])
+    np.testing.assert_array_equal(ack.cell_patch(image, (4, 5), 0, 0, side=0.5), image[:15, :15])

@@ -672,3 +672,73 @@ def test_draw_profiles_marks_the_weibull_peak_only_inside_the_plotted_range():
     actnet.draw_profiles(axes, wb_gamma=3.0)  # x0 = 3 > x_max = 1.5: no marker
     assert len(axes[1].lines) == 1
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ end to end (train_blocks)
+
+def test_trainable_blocks_of_efficientnet(backbone):
+    assert actnet.trainable_blocks(backbone, 0) == []
+    last = actnet.trainable_blocks(backbone, 1)
+    model = backbone.model
+    assert last == [model.conv_head, model.bn2]            # the 1x1 conv head and its batch norm
+    two = actnet.trainable_blocks(backbone, 2)
+    assert two[-2:] == last and all(any(m is x for x in model.blocks[6].modules()) for m in two[:-2])
+    everything = actnet.trainable_blocks(backbone, len(backbone.conv_layers))
+    assert everything[0] is model.conv_stem and model.classifier not in everything
+    for bad in (-1, len(backbone.conv_layers) + 1, 1.5, True):
+        with pytest.raises(ValueError, match="train_blocks"):
+            actnet.trainable_blocks(backbone, bad)
+
+
+def test_tuned_copy_trains_its_own_blocks_only(backbone):
+    tuned, modules = actnet.tuned_copy(backbone, 1, "test")
+    assert tuned.weights_id == backbone.weights_id + "-test" and tuned.model is not backbone.model
+    assert tuned.tap_modules["conv_head"][0] is modules[-1] and modules[-1] is not backbone.model.bn2
+    before = backbone.model.conv_head.weight.detach().clone()
+    x = backbone.preprocess(np.full((64, 64, 3), 128, np.uint8))
+    out = tuned.forward_taps(x, ["conv_head"], grad=True)["conv_head"]
+    out.sum().backward()
+    assert modules[0].weight.grad is not None and tuned.model.blocks[0][0].conv_dw.weight.grad is None
+    with torch.no_grad():
+        modules[0].weight.add_(1.0)
+    torch.testing.assert_close(backbone.model.conv_head.weight, before)
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_end_to_end_training_moves_the_blocks_and_is_cached(photo_folder, realsmoke, backbone, isolated_cache):
+    from helpers.data import load_dataset
+    from helpers.methods import make_method
+
+    train = load_dataset(f"folder:{photo_folder}")
+    # four photos whose views are easy to match: a margin of 1 keeps every triplet active
+    cfg = TrainingConfig(epochs=2, lr=0.05, triplets_per_batch=4, margin=1.0)
+    tuned, head, history, path = actnet.fit_actnet_end_to_end(train, backbone, ["block6", "conv_head"], 96, 1,
+                                                              whiten=False, training=cfg)
+    assert path.is_file() and history["epoch"] == [0, 1, 2]
+    moved = history["blocks"][-1]
+    assert history["blocks"][0] and all(v == 0 for v in history["blocks"][0].values())
+    assert min(history["active_triplets"]) > 0 and max(moved.values()) > 0   # the conv head learned
+    x = backbone.preprocess(np.asarray(photo_folder_image(photo_folder)))
+    with torch.no_grad():
+        tuned_map = tuned.forward_taps(x, ["conv_head"])["conv_head"]
+        frozen_map = backbone.forward_taps(x, ["conv_head"])["conv_head"]
+    assert not torch.allclose(tuned_map, frozen_map)
+    again, head2, history2, path2 = actnet.fit_actnet_end_to_end(train, backbone, ["block6", "conv_head"], 96, 1,
+                                                                 whiten=False, training=cfg)
+    assert path2 == path and history2["objective"] == history["objective"]
+    with torch.no_grad():
+        torch.testing.assert_close(again.forward_taps(x, ["conv_head"])["conv_head"], tuned_map)
+    method = make_method("actnet", backbone, 96, train_blocks=1, epochs=2, lr=0.05, triplets_per_batch=4,
+                         margin=1.0, whiten=False, layers="block6,conv_head").fit(train)
+    assert method.network.weights_id != backbone.weights_id and "end to end" in method.learns
+    evaluated = load_dataset(f"folder:{realsmoke}")
+    assert method.search(evaluated).shape == (evaluated.n_db, evaluated.n_queries)
+    with pytest.raises(ValueError, match="frozen"):
+        actnet.fit_actnet_end_to_end(train, backbone, ["conv_head"], 96, 0)
+
+
+def photo_folder_image(folder):
+    from PIL import Image
+
+    first = sorted(p for p in folder.rglob("*.jpg"))[0]
+    return Image.open(first).convert("RGB").resize((96, 72))

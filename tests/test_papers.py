@@ -22,7 +22,7 @@ def test_paper_claims_are_well_formed():
     P.validate_claims()
     per_paper = Counter(c["paper"] for c in P.PAPER_CLAIMS)
     assert set(per_paper) == set(P.PAPERS)
-    assert all(3 <= n <= 6 for n in per_paper.values()), per_paper
+    assert all(3 <= n <= 8 for n in per_paper.values()), per_paper   # headline claims only
     assert len({(c["paper"], c["claim"]) for c in P.PAPER_CLAIMS}) == len(P.PAPER_CLAIMS)
 
 

@@ -57,7 +57,7 @@ from .pooling import POOLINGS, l2n_np, pool_all
 
 __all__ = [
     "ACKIndex", "ACKInvertedIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
-    "cell_patch", "maximise_kernel", "strongest_patches",
+    "maximise_kernel",
     "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
     "dosd_scores", "draw_kernel_boxes", "explore_view", "histogram_similarity", "instance_overlap",
     "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
@@ -996,7 +996,7 @@ def maximise_kernel(backbone, layer: str, kernel: int, size: int = 96, steps: in
 
     ``start`` (an RGB uint8 image, resized to ``size``) is where the ascent begins; default faint noise.
     A kernel behind a ReLU that is silent on the start image has no gradient there and stays put:
-    start such a kernel from an image it responds to (:func:`strongest_patches`)."""
+    start such a kernel from an image it responds to (:func:`helpers.viz.strongest_patches`)."""
     from PIL import Image
     from torchvision.transforms.functional import gaussian_blur
 
@@ -1027,30 +1027,3 @@ def maximise_kernel(backbone, layer: str, kernel: int, size: int = 96, steps: in
     std = torch.tensor(backbone.std, device=x.device).view(1, 3, 1, 1)
     image = (x.detach() * std + mean).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
     return (255 * image + 0.5).astype(np.uint8)
-
-
-def strongest_patches(maps, kernel: int, n: int = 3) -> list[tuple[int, int, int]]:
-    """Where kernel ``kernel`` responds most over a list of ``C x h x w`` maps: the ``n`` images whose
-    3 x 3 neighbourhood of cells has the largest mean response, as ``(image index, row, column)`` of
-    that neighbourhood's centre. The neighbourhood, not the single cell: behind a ReLU6 many images
-    reach the ceiling of 6 in one cell, and ranking them by one cell would rank them by index."""
-    peaks = []
-    for i, fmap in enumerate(maps):
-        channel = fmap[int(kernel)].float()[None, None]
-        local = F.avg_pool2d(channel, 3, stride=1, padding=1)[0, 0]   # zero padding: no border bias
-        flat = int(torch.argmax(local))
-        peaks.append((float(local.reshape(-1)[flat]), i, flat // local.shape[1], flat % local.shape[1]))
-    peaks.sort(key=lambda p: (-p[0], p[1]))
-    return [(i, r, c) for _, i, r, c in peaks[:n]]
-
-
-def cell_patch(image: np.ndarray, map_hw, row: int, col: int, side: float = 0.35) -> np.ndarray:
-    """The square of ``side`` x the image's short side centred on map cell ``(row, col)``, cut from the
-    image the map was computed on (clipped to the image)."""
-    H, W = image.shape[:2]
-    h, w = map_hw
-    cy, cx = (row + 0.5) * H / h, (col + 0.5) * W / w
-    half = side * min(H, W) / 2
-    y0, y1 = int(max(0, cy - half)), int(min(H, cy + half))
-    x0, x1 = int(max(0, cx - half)), int(min(W, cx + half))
-    return image[y0:y1, x0:x1]

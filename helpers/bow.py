@@ -9,8 +9,8 @@ The one implementation behind the two methods of the suite that use visual words
 
 This module knows vectors and word ids only; what the descriptors are and how many words a
 vocabulary has is the method's (each paper's choice stays in its module). Where the two methods
-differ in a way that moves their numbers, a parameter says which (``batch_size`` of
-:func:`learn_vocabulary`, ``unseen`` of :func:`idf_weights`); the docstrings say why each exists.
+differ in a way that moves their numbers, a parameter says which (``unseen`` of :func:`idf_weights`);
+the docstring says why it exists.
 
 Conventions: word counts are ``N x V`` scipy sparse matrices (``N`` images, ``V`` words); tf-idf
 vectors are l2-normalised with :func:`helpers.pooling.l2n_np`'s rule (``eps`` added to the norm, so
@@ -34,60 +34,62 @@ IDF_UNSEEN = ("zero", "rarest")
 
 
 def learn_vocabulary(descriptors, n_words: int, seed: int = 0, max_descriptors: int | None = None,
-                     batch_size: int | None = None, n_init: int = 1) -> np.ndarray:
-    """k-means visual vocabulary, ``n_words x d`` float32 centres (scikit-learn's ``MiniBatchKMeans``,
-    which stands in for the papers' approximate k-means).
+                     iterations: int = 20, n_init: int = 1) -> np.ndarray:
+    """k-means visual vocabulary, ``n_words x d`` float32 centres (faiss's ``Kmeans``: exact Lloyd
+    iterations with BLAS, fast enough for the tens of thousands of words the papers use).
 
     Learn it on a training set, never on the evaluated one.
 
     Args:
         descriptors: ``n x d`` local descriptors of the training images.
         n_words: vocabulary size (at most ``n``).
-        seed: seeds the subset, the k-means initialisation and its mini-batches.
+        seed: seeds the subset and the k-means initialisation.
         max_descriptors: at most this many descriptors (a seeded random subset) are clustered; None:
             all of them.
-        batch_size: descriptors per mini-batch; default ``max(1024, 3 * n_words)``. The centres depend
-            on it, so each caller fixes its own: the RoI first stage uses the default, the
-            multi-layer BoW ``max(1024, 4 * n_words)``, the settings their notebooks' tables are
-            computed with (neither is better than the other on those tables).
-        n_init: k-means restarts (one, like the papers' single run; more cost proportionally more).
-
-    k-means runs with BLAS and OpenMP on one thread: its mini-batches are small, so more threads
-    only add hand-offs (and compete with torch's threads on a busy machine).
+        iterations: Lloyd iterations (the papers' approximate k-means runs a similar number).
+        n_init: k-means restarts, the best kept (one, like the papers' single run).
     """
-    from sklearn.cluster import MiniBatchKMeans
-    from threadpoolctl import threadpool_limits
+    import faiss
 
     n_words = positive_int("n_words", n_words)
     n_init = positive_int("n_init", n_init)
-    descriptors = np.asarray(descriptors, dtype=np.float32)
+    iterations = positive_int("iterations", iterations)
+    descriptors = np.ascontiguousarray(np.asarray(descriptors, dtype=np.float32))
     if descriptors.ndim != 2:
         raise ValueError(f"descriptors must be n x d, got shape {descriptors.shape}")
+    if not np.isfinite(descriptors).all():
+        raise ValueError("descriptors contain NaN or infinite values")
     if descriptors.shape[0] < n_words:
         raise ValueError(f"cannot learn {n_words} visual words from {descriptors.shape[0]} descriptors "
                          "(fewer than n_words); lower the vocabulary size or use a larger training set")
     if max_descriptors is not None and descriptors.shape[0] > positive_int("max_descriptors", max_descriptors):
         rng = np.random.default_rng(seed)
         descriptors = descriptors[np.sort(rng.choice(descriptors.shape[0], max_descriptors, replace=False))]
-    batch_size = max(1024, 3 * n_words) if batch_size is None else positive_int("batch_size", batch_size)
-    kmeans = MiniBatchKMeans(n_clusters=n_words, random_state=seed, n_init=n_init, batch_size=batch_size)
-    with threadpool_limits(limits=1), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # scikit-learn's memory-leak note (Windows/MKL)
-        kmeans.fit(descriptors)
-    return kmeans.cluster_centers_.astype(np.float32)
+    # every descriptor takes part (faiss would otherwise subsample to 256 per centroid, silently), and
+    # few descriptors per word are the caller's to report (faiss would print a warning of its own)
+    kmeans = faiss.Kmeans(descriptors.shape[1], n_words, niter=iterations, nredo=n_init, seed=int(seed) % 2**31,
+                          max_points_per_centroid=max(256, -(-descriptors.shape[0] // n_words)),
+                          min_points_per_centroid=1, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kmeans.train(descriptors)
+    return np.asarray(kmeans.centroids, dtype=np.float32)
 
 
 def assign_words(descriptors, centers) -> np.ndarray:
-    """Index of the nearest visual word (Euclidean, hard assignment) of each descriptor: ``n`` int64."""
-    from sklearn.metrics import pairwise_distances_argmin
+    """Index of the nearest visual word (Euclidean, hard assignment) of each descriptor: ``n`` int64
+    (faiss exact L2 search; ties go to the lower word index)."""
+    import faiss
 
-    descriptors = np.asarray(descriptors, dtype=np.float32)
-    centers = np.asarray(centers, dtype=np.float32)
+    descriptors = np.ascontiguousarray(np.asarray(descriptors, dtype=np.float32))
+    centers = np.ascontiguousarray(np.asarray(centers, dtype=np.float32))
     if descriptors.ndim != 2 or centers.ndim != 2 or (len(descriptors) and descriptors.shape[1] != centers.shape[1]):
         raise ValueError(f"descriptors n x d and vocabulary V x d must share d: {descriptors.shape}, {centers.shape}")
     if descriptors.shape[0] == 0:
         return np.zeros(0, np.int64)
-    return pairwise_distances_argmin(descriptors, centers).astype(np.int64)
+    index = faiss.IndexFlatL2(centers.shape[1])
+    index.add(centers)
+    return index.search(descriptors, 1)[1][:, 0].astype(np.int64)
 
 
 def word_counts(word_lists: Sequence, n_words: int) -> sp.csr_matrix:

@@ -339,7 +339,7 @@ def learn_layer_vocabulary(train_maps: Sequence, n_words: int = 512, n_per_image
     """Learn a conv layer's visual vocabulary and its idf weights on TRAINING maps only (Sec. 4.1).
 
     ``train_maps``: ``C x H x W`` conv maps of the training images (``default_train_dataset``).
-    Words: k-means (:func:`helpers.bow.learn_vocabulary`, mini-batches of ``4 * n_words``) of
+    Words: k-means (:func:`helpers.bow.learn_vocabulary`) of
     ``n_per_image`` local features sampled per map (:func:`sample_local_features`). idf: of the
     training maps, with ``unseen="rarest"`` (:func:`helpers.bow.idf_weights` says why; the paper
     only says "BoW"). ``n_init`` k-means restarts.
@@ -350,7 +350,7 @@ def learn_layer_vocabulary(train_maps: Sequence, n_words: int = 512, n_per_image
     if len(local) < n_words:
         raise ValueError(f"only {len(local)} local features sampled from {len(train_maps)} training "
                          f"maps, fewer than n_words={n_words}; lower n_words or raise n_per_image")
-    centers = bow.learn_vocabulary(local, n_words, seed=seed, batch_size=max(1024, 4 * n_words), n_init=n_init)
+    centers = bow.learn_vocabulary(local, n_words, seed=seed, n_init=n_init)
     vocab = BowVocabulary(centers=centers, idf=np.ones(n_words), normalize=normalize)
     vocab.idf = bow.idf_weights(_word_counts(train_maps, vocab), unseen="rarest")
     return vocab
@@ -432,6 +432,19 @@ def paper_layer_map(backbone) -> dict[str, str]:
 PAPER_LAYER_PAIRS = {"alexnet": ("fc2", "conv4_1"), "vgg16": ("fc1", "conv5_1")}
 #: The pair for backbones with one fully-connected layer (no fc1): fc2 + conv5_1, following VGG16.
 ONE_FC_LAYER_PAIR = ("fc2", "conv5_1")
+
+
+#: Table 8 of the paper: mAP on Oxford 5K and Holidays, N-S score on UKB, as published ("-": not given).
+PAPER_TABLE8 = (
+    ("Sparse-coded features", "-", "0.727", "3.67"), ("Triangulation embedding", "0.433", "0.617", "3.40"),
+    ("BoW-200 K", "0.364", "0.540", "2.81"), ("VLAD", "0.304", "0.556", "3.28"), ("Multi-VLAD", "0.558", "0.653", "-"),
+    ("CVLAD", "0.514", "0.827", "3.62"), ("Improved FV", "0.414", "0.626", "3.44"), ("Fisher+color", "-", "0.723", "3.08"),
+    ("Neural Codes", "0.545", "0.793", "3.29"), ("MOP-CNN", "-", "0.802", "-"), ("CNNaug-ss", "0.680", "0.843", "-"),
+    ("Multi-resolution Spatial Search", "0.844", "0.897", "-"), ("Features from OxfordNet", "0.649", "0.838", "-"),
+    ("Features from GoogLeNet", "0.581", "0.840", "-"),
+    ("the paper: two layers, AlexNet", "0.611", "0.880", "3.65"), ("the paper: three layers, AlexNet", "0.612", "0.889", "3.69"),
+    ("the paper: two layers, VGG-16", "0.608", "0.904", "3.65"), ("the paper: three layers, VGG-16", "0.615", "0.914", "3.68"),
+)
 
 
 def paper_layer_roles(backbone_name: str) -> tuple[str, ...]:

@@ -674,7 +674,7 @@ def dataset_vocabulary(train_dataset, n_words: int, params: SiftParams = SiftPar
     ``max_descriptors`` of them."""
     key = {"dataset": train_dataset.key, "files": files_fingerprint(train_dataset, "db"), "sift": vars(params),
            "n_words": int(n_words), "seed": int(seed),
-           "max_descriptors": int(max_descriptors), "version": 1}
+           "max_descriptors": int(max_descriptors), "version": 2}
 
     def compute():
         descriptors = np.concatenate(dataset_sift_descriptors(train_dataset, "db", params))

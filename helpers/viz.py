@@ -513,3 +513,59 @@ def clusters_figure(images, norm_maps, label_maps, titles, n_clusters: int, titl
 
 
 __all__ += ["BOX_COLORS", "annotated_grid", "clusters_figure", "ranked_boxes"]
+
+
+def strongest_patches(maps, channel: int, n: int = 3) -> list[tuple[int, int, int]]:
+    """Where channel ``channel`` responds most over a list of ``C x h x w`` maps: the ``n`` images whose
+    3 x 3 neighbourhood of cells has the largest mean response, as ``(image index, row, column)`` of
+    that neighbourhood's centre. The neighbourhood, not the single cell: behind a ReLU6 many images
+    reach the ceiling of 6 in one cell, and ranking them by one cell would rank them by index."""
+    import torch
+    import torch.nn.functional as F
+
+    peaks = []
+    for i, fmap in enumerate(maps):
+        values = torch.as_tensor(fmap[int(channel)]).float()[None, None]
+        local = F.avg_pool2d(values, 3, stride=1, padding=1)[0, 0]   # zero padding: no border bias
+        flat = int(torch.argmax(local))
+        peaks.append((float(local.reshape(-1)[flat]), i, flat // local.shape[1], flat % local.shape[1]))
+    peaks.sort(key=lambda p: (-p[0], p[1]))
+    return [(i, r, c) for _, i, r, c in peaks[:n]]
+
+
+def cell_patch(image: np.ndarray, map_hw, row: int, col: int, cells: float = 4.0) -> np.ndarray:
+    """The square of ``cells`` x ``cells`` map cells centred on cell ``(row, col)``, cut from the image
+    the map was computed on (clipped to the image): what a cell of that map looks at, roughly (its
+    receptive field is larger)."""
+    H, W = image.shape[:2]
+    h, w = map_hw
+    cy, cx = (row + 0.5) * H / h, (col + 0.5) * W / w
+    half_y, half_x = cells * H / h / 2, cells * W / w / 2
+    y0, y1 = int(max(0, cy - half_y)), int(min(H, cy + half_y))
+    x0, x1 = int(max(0, cx - half_x)), int(min(W, cx + half_x))
+    return image[y0:y1, x0:x1]
+
+
+def strongest_patches_figure(dataset, maps_by_layer: dict, channels_by_layer: dict, image_size: int,
+                             n: int = 4, cells: float = 4.0, title: str = ""):
+    """One row per (layer, channel): the database patches where that channel responds most
+    (:func:`strongest_patches`, :func:`cell_patch`). ``maps_by_layer``: ``{layer: [C x h x w per db
+    image]}``; ``channels_by_layer``: ``{layer: [channel, ...]}``."""
+    from .features import load_split_image
+
+    rows = [(layer, c) for layer, chans in channels_by_layer.items() for c in chans]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.7 * n + 1.2, 1.75 * len(rows)), squeeze=False)
+    for ax_row, (layer, c) in zip(axes, rows):
+        maps = maps_by_layer[layer]
+        for ax, (i, r, col) in zip(ax_row, strongest_patches(maps, c, n)):
+            patch = cell_patch(load_split_image(dataset, "db", i, image_size), maps[i].shape[1:], r, col, cells)
+            show_image(ax, patch, f"db {i}")
+        ax_row[0].set_ylabel(f"{layer}\nch {c}", fontsize=9)
+        ax_row[0].yaxis.label.set_visible(True)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["cell_patch", "strongest_patches", "strongest_patches_figure"]

@@ -613,19 +613,3 @@ def test_maximised_input_raises_the_kernels_mean_activation(backbone):
     assert response(image, kernel) > 1.5 * response(start, kernel)
     with pytest.raises(ValueError, match="kernel must lie"):
         ack.maximise_kernel(backbone, "conv_head", 5000)
-
-
-def test_strongest_patches_and_cell_patch():
-    import torch
-
-    from helpers import ack
-
-    maps = [torch.zeros(3, 4, 5) for _ in range(4)]
-    maps[2][1, 3, 4] = 5.0                     # one strong cell in a corner: neighbourhood mean 5/9
-    maps[0][1, 1, 1] = 6.0                     # the same peak as image 3's (mean 6/9) ...
-    maps[3][1, 1:3, 1:3] = 6.0                 # ... but image 3 responds over a whole region (24/9)
-    assert ack.strongest_patches(maps, 1, 3) == [(3, 1, 1), (0, 0, 0), (2, 2, 3)]
-    image = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
-    patch = ack.cell_patch(image, (4, 5), 3, 4, side=0.5)   # bottom-right cell: clipped at the border
-    np.testing.assert_array_equal(patch, image[25:40, 35:50])
-    np.testing.assert_array_equal(ack.cell_patch(image, (4, 5), 0, 0, side=0.5), image[:15, :15])

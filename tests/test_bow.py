@@ -15,22 +15,29 @@ def _blobs(seed=0, n=150):
 
 def test_learn_vocabulary_recovers_separated_centres_deterministically():
     centers, data = _blobs()
-    vocab = bow.learn_vocabulary(data, 4, seed=0)
+    # random initial centres (as in the papers' approximate k-means) can merge two blobs: the best of
+    # five restarts (n_init) finds the four
+    vocab = bow.learn_vocabulary(data, 4, seed=0, n_init=5)
     assert vocab.shape == (4, 2) and vocab.dtype == np.float32
     assert np.allclose(np.sort(vocab @ [1, 3]), np.sort(centers @ [1, 3]), atol=0.1)
-    np.testing.assert_array_equal(vocab, bow.learn_vocabulary(data, 4, seed=0))
+    np.testing.assert_array_equal(vocab, bow.learn_vocabulary(data, 4, seed=0, n_init=5))
     # a subset of the descriptors: the same clusters, from max_descriptors of them
-    sub = bow.learn_vocabulary(data, 4, seed=0, max_descriptors=100)
+    sub = bow.learn_vocabulary(data, 4, seed=0, max_descriptors=100, n_init=5)
     assert np.allclose(np.sort(sub @ [1, 3]), np.sort(centers @ [1, 3]), atol=0.2)
 
 
-def test_learn_vocabulary_batch_size_is_part_of_the_result():
-    # each caller fixes its batch size (roi: the default, multilayer: 4 per word); both are honoured
+def test_learn_vocabulary_uses_every_descriptor_and_many_words():
+    # 20,000 descriptors, 4,000 words: faiss would subsample to 256 per centroid by default; here every
+    # descriptor is assigned, and the assignment is the exact nearest word
     rng = np.random.default_rng(1)
-    data = rng.normal(size=(3000, 8)).astype(np.float32)
-    default = bow.learn_vocabulary(data, 300, seed=0)
-    np.testing.assert_array_equal(default, bow.learn_vocabulary(data, 300, seed=0, batch_size=max(1024, 3 * 300)))
-    assert not np.array_equal(default, bow.learn_vocabulary(data, 300, seed=0, batch_size=4 * 300))
+    data = rng.normal(size=(20_000, 8)).astype(np.float32)
+    vocab = bow.learn_vocabulary(data, 4000, seed=0, iterations=3)
+    assert vocab.shape == (4000, 8) and np.isfinite(vocab).all()
+    words = bow.assign_words(data[:500], vocab)
+    exact = np.argmin(((data[:500, None, :] - vocab[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(words, exact)
+    with pytest.raises(ValueError, match="NaN"):
+        bow.learn_vocabulary(np.full((10, 2), np.nan, np.float32), 2)
 
 
 def test_learn_vocabulary_rejects_bad_input():

@@ -503,7 +503,7 @@ def test_layer_bow_is_helpers_bow_on_the_map_cells():
     train_maps, _ = _toy_maps(30, seed=0)
     vocab = ml.learn_layer_vocabulary(train_maps, n_words=3, n_per_image=16, seed=0)
     local = ml.sample_local_features(train_maps, n_per_image=16, seed=0)
-    np.testing.assert_array_equal(vocab.centers, bow.learn_vocabulary(local, 3, seed=0, batch_size=1024))
+    np.testing.assert_array_equal(vocab.centers, bow.learn_vocabulary(local, 3, seed=0))
     test_maps, _ = _toy_maps(4, seed=1)
     words = [vocab.words(m) for m in test_maps]
     counts = bow.word_counts(words, 3)

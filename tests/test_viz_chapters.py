@@ -147,3 +147,19 @@ def test_figure_style_one_inline_format_and_resolution_and_readable_text():
     use_figure_style()
     assert INLINE_FORMAT == "png" and plt.rcParams["figure.dpi"] == 72
     assert min(v for k, v in FIGURE_STYLE.items() if k.endswith("size")) >= viz.MIN_FONT_PX
+
+
+def test_strongest_patches_and_cell_patch():
+    import torch
+
+    from helpers import viz
+
+    maps = [torch.zeros(3, 4, 5) for _ in range(4)]
+    maps[2][1, 3, 4] = 5.0                     # one strong cell in a corner: neighbourhood mean 5/9
+    maps[0][1, 1, 1] = 6.0                     # the same peak as image 3's (mean 6/9) ...
+    maps[3][1, 1:3, 1:3] = 6.0                 # ... but image 3 responds over a whole region (24/9)
+    assert viz.strongest_patches(maps, 1, 3) == [(3, 1, 1), (0, 0, 0), (2, 2, 3)]
+    image = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
+    # cells of 10 x 10 pixels: a 2 x 2-cell patch around the bottom-right cell is clipped at the border
+    np.testing.assert_array_equal(viz.cell_patch(image, (4, 5), 3, 4, cells=2), image[25:40, 35:50])
+    np.testing.assert_array_equal(viz.cell_patch(image, (4, 5), 1, 1, cells=2), image[5:25, 5:25])

@@ -1,8 +1,9 @@
 """Benchmark: one query against 1,000,000 compact codes of 512 bytes each, against exact float32 search.
 
 Times ONE query (top-100) over synthetic random codes of every kind of :mod:`helpers.compact`
-(:func:`helpers.compact.query_times`): ACK (n = 256 kernel indices of 1280, dosd, the inverted
-lists of :class:`helpers.ack.ACKInvertedIndex`), PQ (faiss ``IndexPQ``, 512 sub-quantisers of 8
+(:func:`helpers.compact.query_times`): ACK (kernel indices of 1280, dosd, the inverted lists of
+:class:`helpers.ack.ACKInvertedIndex`; n = 250 at 1 M items: the longest code whose lists, counts
+included, fit 512 bytes per item), PQ (faiss ``IndexPQ``, 512 sub-quantisers of 8
 bits over 512 dimensions), binary (faiss ``IndexBinaryFlat``, 4096 bits), float16 (faiss fp16
 scalar quantiser, 256 dimensions) and int8 (512 dimensions), beside the exact float32 searches over
 512-d vectors (numpy product + ``argpartition``, faiss ``IndexFlatIP``, torch ``mv`` + ``topk``).
@@ -23,6 +24,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+
+#: kernels of EfficientNet-Lite0's last conv map, the layer chapter 02's codes come from
+N_KERNELS = 1280
 
 
 def main(argv=None) -> int:
@@ -47,17 +52,23 @@ def main(argv=None) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from helpers.ack import ACKInvertedIndex
     from helpers.compact import FLOAT_REFERENCES, TIMED_KINDS, query_times
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    # ACK's inverted lists store their counts beside the postings: the code that fits the byte budget
+    # with them is a few indices shorter than bytes / 2
+    ack_n = ACKInvertedIndex.code_length_within(args.bytes, N_KERNELS, args.size)
     with threadpool_limits(limits=args.threads):
-        (row,) = query_times(sizes=(args.size,), bytes_per_image=args.bytes, dim=args.dim, rounds=args.rounds)
+        (row,) = query_times(sizes=(args.size,), bytes_per_image=args.bytes, dim=args.dim, rounds=args.rounds,
+                             n_kernels=N_KERNELS, ack_n=ack_n)
 
     ms, memory = row["ms"], row["bytes"]
     fastest = np.min([ms[name] for name in FLOAT_REFERENCES], axis=0)  # per round
     print(f"{args.size:,} items, {args.bytes} bytes per item (float32: {4 * args.dim}), one query, top-100, "
-          f"{args.threads} thread(s), median of {args.rounds} rounds")
+          f"{args.threads} thread(s), median of {args.rounds} rounds; ACK n = {ack_n} of {N_KERNELS} kernels "
+          f"(the longest code whose inverted index fits {args.bytes} bytes per item)")
     for name in FLOAT_REFERENCES + TIMED_KINDS:
         ratio = np.median(np.asarray(ms[name]) / fastest)
         print(f"  {name:12s} {np.median(ms[name]):9.1f} ms  {ratio:6.2f}x fastest float32  "

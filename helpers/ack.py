@@ -594,6 +594,23 @@ class ACKInvertedIndex(_DosdSearch):
         """Memory of the stored lists in bytes: postings, counts and list starts."""
         return self.postings.nbytes + self.counts.nbytes + self.starts.nbytes
 
+    @staticmethod
+    def stored_bytes(size: int, n: int, n_kernels: int) -> int:
+        """:attr:`nbytes` of an index of ``size`` codes of length ``n`` (without building it)."""
+        n_blocks = max(1, -(-int(size) // INVERTED_BLOCK))
+        return 2 * int(size) * int(n) + n_blocks * int(n_kernels) * (2 * int(n) + 4)
+
+    @classmethod
+    def code_length_within(cls, bytes_per_image: int, n_kernels: int, size: int) -> int:
+        """The longest code whose index of ``size`` codes stores at most ``bytes_per_image`` bytes per
+        code, its list counts and starts included (1 M codes, 1280 kernels, 512 bytes: n = 250)."""
+        fits = [n for n in range(1, int(n_kernels) + 1)
+                if cls.stored_bytes(size, n, n_kernels) <= int(bytes_per_image) * int(size)]
+        if not fits:
+            raise ValueError(f"no ACK code of {n_kernels} kernels fits {bytes_per_image} bytes per image in an "
+                             f"inverted index of {size} codes")
+        return fits[-1]
+
     @property
     def codes(self) -> np.ndarray:
         """The database codes, ``N x n``, rebuilt from the lists."""

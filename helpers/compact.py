@@ -436,7 +436,7 @@ TIMED_KINDS = ("ack", "pq", "binary", "float16", "int8")
 FLOAT_REFERENCES = ("float_numpy", "float_faiss", "float_torch")
 
 
-def _synthetic_indexes(size, bytes_per_image, dim, n_kernels, seed):
+def _synthetic_indexes(size, bytes_per_image, dim, n_kernels, seed, ack_n=None):
     """One-query search functions over ``size`` random codes of every kind, and their memory."""
     import torch
 
@@ -445,7 +445,7 @@ def _synthetic_indexes(size, bytes_per_image, dim, n_kernels, seed):
     rng = np.random.default_rng(seed)
     searches, memory = {}, {}
     n = bytes_per_image // 2
-    ack_codes = random_codes(size + 1, n, n_kernels, seed)
+    ack_codes = random_codes(size + 1, n if ack_n is None else int(ack_n), n_kernels, seed)
     ack = ACKInvertedIndex(ack_codes[1:], n_kernels)
     ack_query = ack_codes[:1].copy()
     searches["ack"] = lambda k: ack.search(ack_query, k)
@@ -501,7 +501,8 @@ def _synthetic_indexes(size, bytes_per_image, dim, n_kernels, seed):
 
 
 def query_times(sizes=(10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6), bytes_per_image: int = 512, dim: int = 512,
-                n_kernels: int = 1280, k: int = 100, rounds: int = 5, seed: int = 0, pause: float = 0.1) -> list[dict]:
+                n_kernels: int = 1280, k: int = 100, rounds: int = 5, seed: int = 0, pause: float = 0.1,
+                ack_n: int | None = None) -> list[dict]:
     """Time ONE query (top-``k``) against ``size`` synthetic random codes of every kind of
     :data:`TIMED_KINDS` at ``bytes_per_image`` (ACK: n = bytes / 2 indices of ``n_kernels``
     kernels, in the inverted lists of :class:`helpers.ack.ACKInvertedIndex`; PQ: ``M`` = bytes
@@ -511,15 +512,16 @@ def query_times(sizes=(10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6), bytes_per_image: int
 
     Every round times each search once, in turn (after a warm-up call and a ``pause`` that lets the
     previous side's worker threads settle), so that the sides of a round see the same machine load.
-    Returns one dict per size: ``size``, ``ms`` ``{search: [ms per round]}``, ``bytes``
-    ``{search: stored bytes}``.
+    ``ack_n`` overrides ACK's code length (e.g. :meth:`helpers.ack.ACKInvertedIndex.code_length_within`,
+    the longest code whose index, list counts included, fits the bytes). Returns one dict per size:
+    ``size``, ``ms`` ``{search: [ms per round]}``, ``bytes`` ``{search: stored bytes}``.
     """
     bytes_per_image = _check_bytes(bytes_per_image, "ack")
     rows = []
     for size in sizes:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < k:
             raise ValueError(f"database sizes must be integers >= k={k}, got {size!r}")
-        searches, memory = _synthetic_indexes(int(size), bytes_per_image, dim, n_kernels, seed)
+        searches, memory = _synthetic_indexes(int(size), bytes_per_image, dim, n_kernels, seed, ack_n)
         ms = {name: [] for name in searches}
         for name, fn in searches.items():
             fn(k)

@@ -613,3 +613,16 @@ def test_maximised_input_raises_the_kernels_mean_activation(backbone):
     assert response(image, kernel) > 1.5 * response(start, kernel)
     with pytest.raises(ValueError, match="kernel must lie"):
         ack.maximise_kernel(backbone, "conv_head", 5000)
+
+
+def test_inverted_index_byte_budget_counts_its_lists():
+    from helpers import ack
+
+    codes = ack.random_codes(1000, 20, 64, seed=0)
+    index = ack.ACKInvertedIndex(codes, 64)
+    assert index.nbytes == ack.ACKInvertedIndex.stored_bytes(1000, 20, 64)
+    n = ack.ACKInvertedIndex.code_length_within(512, 1280, 10 ** 6)
+    assert n == 250 and ack.ACKInvertedIndex.stored_bytes(10 ** 6, n, 1280) <= 512 * 10 ** 6
+    assert ack.ACKInvertedIndex.stored_bytes(10 ** 6, n + 1, 1280) > 512 * 10 ** 6
+    with pytest.raises(ValueError, match="no ACK code"):
+        ack.ACKInvertedIndex.code_length_within(2, 1280, 10)

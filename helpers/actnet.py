@@ -1246,9 +1246,10 @@ def _forward_order(backbone) -> tuple[list, dict]:
     for name in backbone.conv_layers:
         module, _ = backbone.tap_modules[name]
         handles.append(module.register_forward_hook(tap_fired(name)))
+    device = next(backbone.model.parameters()).device  # "meta" for a shapes-only model: the probe runs there too
     try:
         with torch.no_grad():
-            backbone.model(torch.zeros(1, 3, 64, 64, device=backbone.device))
+            backbone.model(torch.zeros(1, 3, 64, 64, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -742,3 +742,43 @@ def photo_folder_image(folder):
 
     first = sorted(p for p in folder.rglob("*.jpg"))[0]
     return Image.open(first).convert("RGB").resize((96, 72))
+
+
+@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["BACKBONES"]).BACKBONES)
+def test_trainable_blocks_of_every_backbone_end_at_its_last_conv(name, monkeypatch):
+    backbone = _backbone_without_weights(name, monkeypatch)
+    conv = backbone.conv_layers
+    one, two = actnet.trainable_blocks(backbone, 1), actnet.trainable_blocks(backbone, 2)
+    assert one and two[-len(one):] == one and len(two) > len(one)
+    head_params = {id(p) for m in actnet.trainable_blocks(backbone, len(conv)) for p in m.parameters(recurse=False)}
+    classifier = backbone.tap_modules["logits"][0]
+    assert not any(id(p) in head_params for p in classifier.parameters())   # the classifier never trains
+
+
+def test_mobile_actnet_row_runs_on_a_mobilenet(photo_folder, realsmoke, isolated_cache):
+    """Chapter 03's Fig. 8 / Table 2 cell, on MobileNet-V2 with random weights (its ImageNet file is not here)."""
+    from helpers import summary
+    from helpers.data import load_dataset
+
+    import torchvision
+
+    from helpers import backbones
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2()            # random weights, on the CPU; one calibration pass
+    for module in model.modules():                       # sets the batch norms' statistics, so that the
+        if isinstance(module, torch.nn.BatchNorm2d):     # activations keep their scale (randomly initialised
+            module.momentum = 1.0                        # ones shrink to ~1e-8, below float16's range)
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 96, 96))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers, last_conv, taps = backbones._mobilenet_v2(model)
+    mobile = backbones.Backbone(name="mobilenet_v2", model=model, device=torch.device("cpu"), weights_id="random",
+                                mean=backbones.IMAGENET_MEAN, std=backbones.IMAGENET_STD, layers=layers,
+                                last_conv=last_conv, tap_modules=taps)
+    train, evaluated = load_dataset(f"folder:{photo_folder}"), load_dataset(f"folder:{realsmoke}")
+    row = summary.evaluate_row("ACTNET on mobilenet_v2", evaluated, mobile, 96, train,
+                               spec=("actnet", {"epochs": 1}), timing_images=(2, 1))
+    assert row.method == "actnet" and np.isfinite(row.results["mAP"]) and row.seconds_per_image > 0

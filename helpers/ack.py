@@ -50,7 +50,6 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .methods import RetrievalMethod, register_method
 from .pooling import POOLINGS, l2n_np, pool_all

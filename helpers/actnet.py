@@ -813,16 +813,31 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
     sparse = sparsify(maps_by_layer, head.layers)
     if any(len(f) != len(labels) for f in sparse.values()):
         raise ValueError(f"maps and labels disagree: {[len(f) for f in sparse.values()]} maps, {len(labels)} labels")
+    return _triplet_training(
+        head, [p for p in head.parameters() if p.requires_grad], labels, config, junk, progress,
+        describe=lambda: describe_maps(head, sparse),
+        forward=lambda images: head({l: pack_sparse(sparse[l], images).to(device) for l in head.layers}),
+        device=device)
+
+
+def _triplet_training(head: ACTNetHead, trainable, labels: np.ndarray, config: TrainingConfig, junk, progress: bool,
+                      describe, forward, device=None, extra=None) -> Dict[str, list]:
+    """The training loop of :func:`train_head` and :func:`train_end_to_end` (Sec. 4.1): per epoch,
+    hard triplets re-mined from ``describe()`` (descriptors of every training image with the model as
+    it is), then SGD over mini-batches of them, ``forward(image indices)`` giving the batch's
+    descriptors with the graph recorded. ``extra`` (optional): ``{history key: function()}`` recorded
+    after each epoch beside the head's parameters. No trainable parameter: epoch 0 only."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    trainable = [p for p in head.parameters() if p.requires_grad]
     optimiser = (torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay) if trainable else None)
-    history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": []}
+    extra = dict(extra or {})
+    history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": [],
+               **{key: [] for key in extra}}
 
     def record(epoch, batch_losses):
         head.eval()
-        desc = describe_maps(head, sparse)
+        desc = describe()
         all_triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, np.random.default_rng(config.seed),
                                           keep_all=True, junk=junk)
         if len(all_triplets) == 0:
@@ -834,6 +849,8 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
         history["objective"].append(objective)
         history["batch_loss"].append(float(np.mean(batch_losses)) if batch_losses else float("nan"))
         history["parameters"].append(head.parameter_summary())
+        for key, value in extra.items():
+            history[key].append(value())
         return desc
 
     desc = record(0, [])
@@ -848,7 +865,7 @@ def train_head(head: ACTNetHead, maps_by_layer: Mapping[str, Sequence[torch.Tens
             batch = triplets[start:start + config.triplets_per_batch]
             images, local = np.unique(batch.reshape(-1), return_inverse=True)
             local = torch.as_tensor(local.reshape(-1, 3), device=device)
-            out = head({l: pack_sparse(sparse[l], images).to(device) for l in head.layers})
+            out = forward(images)
             loss = triplet_loss(out[local[:, 0]], out[local[:, 1]], out[local[:, 2]], config.margin)
             optimiser.zero_grad()
             loss.backward()
@@ -1153,13 +1170,27 @@ def _build_head(config: Mapping, channels: Sequence[int]) -> ACTNetHead:
                       p_init=config["p_init"], whiten=config["whiten"])
 
 
-def save_head(path, head: ACTNetHead, config: Mapping, history: Mapping) -> None:
-    """Write {config, channels, state_dict, history} to ``path`` atomically (:func:`helpers.cache.atomic_write`)."""
+def _initialised_head(config: Mapping, maps: Mapping[str, Sequence[torch.Tensor]]) -> ACTNetHead:
+    """A head of ``config`` started on the training maps: input scales, stream balance and (if it
+    whitens) the PCA-whitening layer, as Sec. 3.4 and :func:`fit_actnet_head` describe."""
+    head = _build_head(config, [int(maps[l][0].shape[0]) for l in config["layers"]])
+    head.init_input_scales(maps)
+    head.init_stream_balance(maps)
+    if config["whiten"]:
+        head.init_whitening(maps, dim=config["whiten_dim"], shrinkage=config["whiten_shrinkage"])
+    return head
+
+
+def save_head(path, head: ACTNetHead, config: Mapping, history: Mapping, blocks=None) -> None:
+    """Write {config, channels, state_dict, history} to ``path`` atomically (:func:`helpers.cache.atomic_write`);
+    ``blocks``: the trainable backbone modules of an end-to-end run, stored as their own parameters."""
     from .cache import atomic_write
 
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     blob = {"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
             "state_dict": state, "history": dict(history)}
+    if blocks is not None:
+        blob["blocks"] = [{n: p.detach().cpu() for n, p in m.named_parameters(recurse=False)} for m in blocks]
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
@@ -1213,11 +1244,7 @@ def fit_actnet_head(train_dataset, backbone, layers, image_size: int, activation
     maps = extract_maps(train_dataset, backbone, layers, image_size, "db")
     labels = training_labels(train_dataset)
     junk = training_junk(train_dataset, labels)
-    head = _build_head(config, [int(maps[l][0].shape[0]) for l in layers])
-    head.init_input_scales(maps)
-    head.init_stream_balance(maps)
-    if whiten:
-        head.init_whitening(maps, dim=whiten_dim, shrinkage=whiten_shrinkage)
+    head = _initialised_head(config, maps)
     history = train_head(head.to(device), maps, labels, training, progress=progress, junk=junk)
     if use_cache:
         save_head(path, head, config, history)
@@ -1340,55 +1367,14 @@ def train_end_to_end(head: ACTNetHead, tuned, modules, images, labels: Sequence,
     labels = np.asarray(labels)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images for {len(labels)} labels")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     initial = {f"{i}:{type(m).__name__}.{n}": p.detach().cpu().clone()
                for i, m in enumerate(modules) for n, p in m.named_parameters(recurse=False)}
     trainable = [p for p in head.parameters() if p.requires_grad] + [p for m in modules for p in m.parameters(recurse=False)]
-    optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    history = {"epoch": [], "objective": [], "active_triplets": [], "batch_loss": [], "parameters": [], "blocks": []}
-
-    def record(epoch, batch_losses):
-        head.eval()
-        desc = _describe_images(tuned, head, images)
-        triplets = torch.as_tensor(mine_hard_triplets(desc.numpy(), labels, config.margin,
-                                                      np.random.default_rng(config.seed), keep_all=True, junk=junk))
-        if len(triplets) == 0:
-            raise ValueError("no training triplet: every instance needs at least two images and there must be "
-                             "at least two instances")
-        history["epoch"].append(epoch)
-        history["objective"].append(float(triplet_loss(desc[triplets[:, 0]], desc[triplets[:, 1]],
-                                                       desc[triplets[:, 2]], config.margin)))
-        history["batch_loss"].append(float(np.mean(batch_losses)) if batch_losses else float("nan"))
-        history["parameters"].append(head.parameter_summary())
-        history["blocks"].append(block_changes(initial, modules))
-        return desc
-
-    desc = record(0, [])
-    for epoch in range(1, config.epochs + 1):
-        triplets = mine_hard_triplets(desc.numpy(), labels, config.margin, rng, junk=junk)
-        history["active_triplets"].append(int(len(triplets)))
-        rng.shuffle(triplets)
-        head.train()
-        batch_losses = []
-        for start in range(0, len(triplets), config.triplets_per_batch):
-            batch = triplets[start:start + config.triplets_per_batch]
-            chosen, local = np.unique(batch.reshape(-1), return_inverse=True)
-            local = torch.as_tensor(local.reshape(-1, 3))
-            out = head(_image_maps(tuned, head.layers, [images[i] for i in chosen], grad=True))
-            loss = triplet_loss(out[local[:, 0]], out[local[:, 1]], out[local[:, 2]], config.margin)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            batch_losses.append(float(loss.detach()))
-        desc = record(epoch, batch_losses)
-        if progress:
-            print(f"epoch {epoch}/{config.epochs}: {len(triplets)} active triplets, "
-                  f"objective {history['objective'][-1]:.4f}")
-    history["active_triplets"].append(int(len(mine_hard_triplets(desc.numpy(), labels, config.margin,
-                                                                   np.random.default_rng(config.seed), junk=junk))))
-    head.eval()
-    return history
+    return _triplet_training(
+        head, trainable, labels, config, junk, progress,
+        describe=lambda: _describe_images(tuned, head, images),
+        forward=lambda chosen: head(_image_maps(tuned, head.layers, [images[i] for i in chosen], grad=True)),
+        extra={"blocks": lambda: block_changes(initial, modules)})
 
 
 def fit_actnet_end_to_end(train_dataset, backbone, layers, image_size: int, train_blocks: int,
@@ -1438,28 +1424,14 @@ def fit_actnet_end_to_end(train_dataset, backbone, layers, image_size: int, trai
     junk = training_junk(train_dataset, labels)
     with torch.no_grad():
         maps = _image_maps(backbone, layers, images)
-    head = _build_head(config, [int(maps[l][0].shape[0]) for l in layers])
-    head.init_input_scales(maps)
-    head.init_stream_balance(maps)
-    if whiten:
-        head.init_whitening(maps, dim=whiten_dim, shrinkage=whiten_shrinkage)
+    head = _initialised_head(config, maps)
     del maps
     history = train_end_to_end(head.to(backbone.device), tuned, modules, images, labels, training, junk, progress)
     for p in tuned.model.parameters():
         p.requires_grad_(False)
     if use_cache:
-        _save_end_to_end(path, head, config, history, modules)
+        save_head(path, head, config, history, blocks=modules)
     return tuned, head, history, path
-
-
-def _save_end_to_end(path, head: ACTNetHead, config: Mapping, history: Mapping, modules) -> None:
-    from .cache import atomic_write
-
-    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    blocks = [{n: p.detach().cpu() for n, p in m.named_parameters(recurse=False)} for m in modules]
-    blob = {"config": dict(config), "channels": list(head.channels), "out_dim": head.out_dim,
-            "state_dict": state, "history": dict(history), "blocks": blocks}
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _load_end_to_end(path):

@@ -57,7 +57,7 @@ from .pooling import POOLINGS, l2n_np, pool_all
 __all__ = [
     "ACKIndex", "ACKInvertedIndex", "ACKMethod", "CODE_DTYPE", "DEFAULT_N", "KERNEL_COLORS", "TIE_BREAK", "ack_codes", "ack_scores",
     "maximise_kernel",
-    "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
+    "brightening_comparison", "check_codes", "code_length_sweep", "contribution_table", "dosd_closed_form", "dosd_reference",
     "dosd_scores", "draw_kernel_boxes", "explore_view", "histogram_similarity", "instance_overlap",
     "jaccard_scores", "jaccard_similarity", "kernel_brightness", "kernel_frequencies", "layer_vectors", "map_codes", "pca_scores", "position_matrix_K",
     "pseudo_gaussian_G", "random_codes", "rank_weights_W", "response_box", "search_timings",
@@ -871,6 +871,21 @@ def code_length_sweep(query_vectors, db_vectors, brightening: str, n_values, n_k
     return result
 
 
+def brightening_comparison(query_vectors, db_vectors, n: int, n_kernels: int, measure, poolings=POOLINGS) -> dict:
+    """Tables 3 and 4: for every pooling, its float vector (cosine) beside the ACK code of length
+    ``n`` it brightens (dosd). ``query_vectors`` / ``db_vectors`` and ``measure`` are as for
+    :func:`code_length_sweep`. Returns ``{pooling: {"float": value, "ack": value}}``."""
+    out = {}
+    for pooling in poolings:
+        _check_brightening(pooling)
+        value = measure(np.asarray(db_vectors[pooling]) @ np.asarray(query_vectors[pooling]).T)
+        out[pooling] = {
+            "float": float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64),
+            "ack": code_length_sweep(query_vectors, db_vectors, pooling, [n], n_kernels, measure,
+                                     metrics=("dosd",))["dosd"][0]}
+    return out
+
+
 def random_codes(n_codes: int, n: int, n_kernels: int, seed: int = 0, chunk: int = 8192) -> np.ndarray:
     """``n_codes`` random ACK-like codes (distinct kernel indices in random order), ``N x n`` uint16."""
     if not 1 <= n <= n_kernels:
@@ -964,7 +979,7 @@ class ACKMethod(RetrievalMethod):
         if metric not in ("dosd", "jaccard"):
             raise ValueError(f"unknown metric {metric!r}; choose 'dosd' or 'jaccard'")
         self.layer = backbone.resolve(layer)
-        if self.layer in ("fc", "logits"):
+        if backbone.is_vector(self.layer):
             raise ValueError(f"ACK ranks the kernels of a conv layer; {self.layer!r} is not one "
                              f"(choose one of {backbone.layers})")
         self.layers = (self.layer,)

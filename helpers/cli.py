@@ -72,7 +72,7 @@ def _run_compare(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import BACKBONES
+    from .backbones import KNOWN_BACKBONES
     from .methods import available_methods
 
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a method on a dataset")
     ev.add_argument("--dataset", required=True, help="demo, folder:PATH, oxford5k, paris6k, roxford5k, "
                     "rparis6k, holidays or ukbench")
-    ev.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
+    ev.add_argument("--backbone", default="efficientnet_lite0", choices=KNOWN_BACKBONES)
     ev.add_argument("--method", default="gem", choices=available_methods())
     ev.add_argument("--image-size", type=_image_size, default=None,
                     help="long side in pixels (default: 512 for the demo sets, 1024 otherwise)")
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--methods", required=True, type=_method_list,
                      help=f"comma-separated, the first is the reference ({','.join(available_methods())}; "
                      "NAME+whiten for a PCA-whitened one); or 'all', the summary chapter's rows")
-    cmp.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
+    cmp.add_argument("--backbone", default="efficientnet_lite0", choices=KNOWN_BACKBONES)
     cmp.add_argument("--image-size", type=_image_size, default=None, help="as for evaluate")
     cmp.add_argument("--train-dataset", default=None, help="as for evaluate")
     cmp.add_argument("--option", action="append", type=_parse_option, default=[], metavar="[METHOD.]KEY=VALUE",

@@ -104,6 +104,10 @@ __all__ = [
     "query_cells",
     "query_region_precisions",
     "ActivationClustersMethod",
+    "evaluate_descriptors",
+    "region_table",
+    "network_descriptors",
+    "fine_tuned_comparison",
 ]
 
 #: Feature cluster counts of the paper's Sec. 4.1 (a two-level hierarchy: 5 and 20 clusters).
@@ -129,7 +133,8 @@ EIGEN_SOLVERS = typing.get_args(EigenSolver)
 # --------------------------------------------------------------------------------------------------
 
 def default_n_components(backbone_name: str) -> int:
-    """C (PCA dimensions used for clustering) for a backbone: the paper's value for VGG16 (4) and
+    """C (PCA dimensions used for clustering) for a backbone's architecture
+    (:attr:`helpers.backbones.Backbone.architecture`): the paper's value for VGG16 (4) and
     ResNet101 (7), otherwise :data:`FALLBACK_N_COMPONENTS` (8).
 
     Why 8 for EfficientNet-Lite0: its last conv map ("conv_head", after ReLU6) is very sparse (about
@@ -822,7 +827,7 @@ def query_region_precisions(dataset, backbone, image_size: int, n_components: in
 
     layer = backbone.resolve(layer)
     if n_components is None:
-        n_components = default_n_components(backbone.name)
+        n_components = default_n_components(backbone.architecture)
     maps = extract_maps(dataset, backbone, [layer], image_size, "query_full")[layer]
     info = extraction_info(dataset, backbone, image_size, "query_full")
     out = {"rmac": [], "clusters": [], "queries": []}
@@ -879,7 +884,7 @@ class ActivationClustersMethod(RetrievalMethod):
         self.regions = choice("regions", regions, REGION_KINDS)
         self.query_crop = choice("query_crop", query_crop, QUERY_CROPS)
         self.eigen_solver = choice("eigen_solver", eigen_solver, EIGEN_SOLVERS)
-        self.n_components = positive_int("n_components", default_n_components(backbone.name)
+        self.n_components = positive_int("n_components", default_n_components(backbone.architecture)
                                          if n_components is None else n_components)
         self.cluster_counts = tuple(_check_cluster_counts(cluster_counts))
         self.colour_clusters = positive_int("colour_clusters", colour_clusters, minimum=0)
@@ -1005,3 +1010,75 @@ def mean_precision_per_query(precisions) -> np.ndarray:
     if any(np.size(p) == 0 for p in precisions):
         raise ValueError("every query needs at least one region precision")
     return np.array([100.0 * float(np.mean(p)) for p in precisions])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables 1-3: the same comparison on any backbone
+# --------------------------------------------------------------------------------------------------
+
+def evaluate_descriptors(dataset, queries, db, qe_k: int = 0) -> dict:
+    """The protocol's results (:func:`helpers.evaluate.evaluate_scores`) of the cosine scores
+    ``db @ queries.T``, after average query expansion with the top ``qe_k`` images (0: none)."""
+    from .evaluate import evaluate_scores
+
+    scores = np.asarray(db) @ np.asarray(queries).T
+    if qe_k:
+        scores = query_expansion(queries, db, scores, qe_k)
+    return evaluate_scores(dataset, scores)
+
+
+def region_table(dataset, described: dict, crops=("image", "activations"), qe_values=(0,)) -> dict:
+    """Table 1: ``{(regions, crop, qe): results}`` for fitted methods ``described = {regions:
+    (method, its database descriptors)}``. ``crop`` is ``"image"`` (crop I: the query image cut by
+    its box) or ``"activations"`` (crop X: the whole query through the network, its map cut by the
+    box); ``qe`` the query-expansion depth (0: none)."""
+    table = {}
+    for regions, (method, db) in described.items():
+        for crop in crops:
+            queries = method.describe_queries(dataset, crop)
+            for qe in qe_values:
+                table[(regions, crop, qe)] = evaluate_descriptors(dataset, queries, db, qe)
+    return table
+
+
+def network_descriptors(dataset, backbone, image_size: int, split: str, whitening: str | None = None) -> np.ndarray:
+    """A fine-tuned network's own descriptors (its ``"descriptor"`` tap: trained pooling and
+    whitening) of a split, ``N x D``; with ``whitening``, the learned whitening its authors ship
+    under that name (:attr:`helpers.backbones.Backbone.learned_whitening`, siaMAC's *L_w*) applied as
+    ``l2n(P (x - m))``."""
+    from .features import extract_maps
+
+    if "descriptor" not in backbone.vector_taps:
+        raise ValueError(f"backbone {backbone.name!r} has no descriptor of its own (not a fine-tuned retrieval network)")
+    X = np.stack([t.numpy() for t in extract_maps(dataset, backbone, ["descriptor"], image_size, split)["descriptor"]])
+    if whitening is None:
+        return l2n_np(X)
+    learned = backbone.learned_whitening or {}
+    if whitening not in learned:
+        raise ValueError(f"backbone {backbone.name!r} ships no learned whitening {whitening!r}; it has {sorted(learned)}")
+    m, P = learned[whitening]["m"], learned[whitening]["P"]
+    return l2n_np((X.astype(np.float64) - m) @ P.T)
+
+
+def fine_tuned_comparison(dataset, train_dataset, backbone, image_size: int, crops=("image", "activations"),
+                          qe_values=(0,), **method_options) -> dict:
+    """Tables 2 and 3: on a fine-tuned backbone, R-MAC's squares and the clusters (both with the
+    post-processing of Table 1, PCA-whitened on ``train_dataset``: the paper's *PCA_w*) beside the
+    network's own descriptor (crop I, rows ``"network"``; ``"network+Lw"`` with its learned
+    whitening where it ships one). Returns ``{(row, crop, qe): results}`` as :func:`region_table`."""
+    from .methods import make_method
+
+    described = {}
+    for regions in ("rmac", "clusters"):
+        method = make_method("clusters", backbone, image_size, regions=regions, **method_options).fit(train_dataset)
+        described[regions] = (method, method.describe(dataset, "db"))
+        method.clear_cache()
+    table = region_table(dataset, described, crops, qe_values)
+    whitenings = [None] + sorted(backbone.learned_whitening or {})[:1]
+    for whitening in whitenings:
+        row = "network" if whitening is None else "network+Lw"
+        queries = network_descriptors(dataset, backbone, image_size, "query", whitening)
+        db = network_descriptors(dataset, backbone, image_size, "db", whitening)
+        for qe in qe_values:
+            table[(row, "image", qe)] = evaluate_descriptors(dataset, queries, db, qe)
+    return table

@@ -216,7 +216,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
 
     entry = _entry_dir(dataset, backbone, image_size, split)
     vector_layers = list(dict.fromkeys([*vector_layers, *(
-        t for t in map_layers if t not in ("fc", "logits") and not _has_vectors(entry, t))]))
+        t for t in map_layers if not backbone.is_vector(t) and not _has_vectors(entry, t))]))
     layers = list(dict.fromkeys([*map_layers, *vector_layers]))
     jobs = split_images(dataset, split)
     shapes = {layer: [] for layer in map_layers}
@@ -242,7 +242,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
                 taps = backbone.forward_taps(backbone.preprocess(img), layers)
                 image_hw.append(list(img.shape[:2]))
             else:
-                taps = {layer: torch.zeros((1, backbone.channels(layer)) + ((1, 1) if layer not in ("fc", "logits") else ()),
+                taps = {layer: torch.zeros((1, backbone.channels(layer)) + (() if backbone.is_vector(layer) else (1, 1)),
                                            device=backbone.device) for layer in layers}
                 image_hw.append([0, 0])
             original_hw.append(list(orig))
@@ -293,7 +293,7 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
     entry = _entry_dir(dataset, backbone, image_size, split)
     map_layers = list(dict.fromkeys(backbone.resolve(t) for t in map_layers))
     vector_layers = list(dict.fromkeys(backbone.resolve(t) for t in vector_layers))
-    bad = [t for t in vector_layers if t in ("fc", "logits")]
+    bad = [t for t in vector_layers if backbone.is_vector(t)]
     if bad:
         raise ValueError(f"{bad} are already vectors; pass them as map_layers")
     missing_maps = [t for t in map_layers if _cached_map_shapes(entry, t) is None]
@@ -307,7 +307,8 @@ def prefetch(dataset, backbone: Backbone, image_size: int, split: str = "db", ma
 def extract_maps(dataset, backbone: Backbone, layers, image_size: int, split: str = "db"):
     """Feature maps of ``layers`` for every image of ``split``: ``{layer: [C x h x w float32]}``.
 
-    Vector taps (``"fc"``, ``"logits"``) come back as 1-D tensors. Cached on disk as float16.
+    Vector taps (:meth:`Backbone.is_vector`: ``"fc"``, ``"logits"``, ``"descriptor"``) come back as
+    1-D tensors. Cached on disk as float16.
     """
     _check_args(image_size, split)
     if isinstance(layers, str):
@@ -344,7 +345,7 @@ def extract_vectors(dataset, backbone: Backbone, layer: str, image_size: int, sp
     unknown = [p for p in poolings if p not in POOLINGS]
     if unknown:
         raise ValueError(f"unknown pooling(s) {unknown}; choose from {list(POOLINGS)}")
-    if layer in ("fc", "logits"):
+    if backbone.is_vector(layer):
         raise ValueError(f"{layer!r} is already a vector; use extract_maps(..., [{layer!r}])")
     alias = db_alias(dataset, split)
     if alias is not None:

@@ -74,7 +74,6 @@ __all__ = [
     "BowVocabulary",
     "bow_histograms",
     "bow_encode",
-    "is_vector_tap",
     "stage_first_taps",
     "paper_layer_map",
     "paper_layer_roles",
@@ -382,11 +381,6 @@ def _depth(backbone, tap: str) -> int:
     return backbone.all_taps.index(backbone.resolve(tap))
 
 
-def is_vector_tap(backbone, tap: str) -> bool:
-    """Whether a tap is a vector (fully-connected output, "fc", "logits") rather than a conv map."""
-    return backbone.stride(tap) == 0
-
-
 def stage_first_taps(backbone, n_stages: int = 3) -> list[str]:
     """The first conv tap of each of the last ``n_stages`` resolution stages, low to high.
 
@@ -394,7 +388,7 @@ def stage_first_taps(backbone, n_stages: int = 3) -> list[str]:
     of the stages at output strides 4, 8, 16) and behind :data:`PAPER_LAYERS` for backbones the paper
     did not use (for VGG16 it gives exactly conv3_1, conv4_1, conv5_1).
     """
-    conv = [tap for tap in backbone.layers if not is_vector_tap(backbone, tap)]
+    conv = [tap for tap in backbone.layers if not backbone.is_vector(tap)]
     first_at_stride: dict[int, str] = {}
     for tap in conv:
         first_at_stride.setdefault(backbone.stride(tap), tap)
@@ -702,7 +696,7 @@ class MultiLayerFusion(RetrievalMethod):
         self.seed = positive_int("seed", seed, minimum=0)
         self.vocabularies: dict[str, BowVocabulary] = {}
         self.needs_training = self.conv_encoding == "bow" and any(
-            not is_vector_tap(backbone, tap) for tap in self.taps)
+            not backbone.is_vector(tap) for tap in self.taps)
 
     # ------------------------------------------------------------------ training (BoW only)
     def fit(self, train_dataset):
@@ -712,7 +706,7 @@ class MultiLayerFusion(RetrievalMethod):
         from .features import extract_maps, prefetch
 
         todo = [tap for tap in self.taps
-                if not is_vector_tap(self.backbone, tap) and tap not in self.vocabularies]
+                if not self.backbone.is_vector(tap) and tap not in self.vocabularies]
         prefetch(train_dataset, self.backbone, self.image_size, "db", map_layers=todo)
         for tap in todo:
             maps = extract_maps(train_dataset, self.backbone, [tap], self.image_size, "db")[tap]
@@ -725,7 +719,7 @@ class MultiLayerFusion(RetrievalMethod):
         """l2-normalised descriptors ``N x D`` of one tap: fc output directly, conv map encoded."""
         from .features import extract_maps, extract_vectors
 
-        if is_vector_tap(self.backbone, tap):
+        if self.backbone.is_vector(tap):
             vectors = extract_maps(dataset, self.backbone, [tap], self.image_size, split)[tap]
             return l2n_np(np.stack([v.numpy() for v in vectors]))
         if self.conv_encoding == "pooled":
@@ -741,7 +735,7 @@ class MultiLayerFusion(RetrievalMethod):
         """``{tap: N x D}`` for every selected layer (split "db" or "query")."""
         from .features import prefetch
 
-        vector_taps = [tap for tap in self.taps if is_vector_tap(self.backbone, tap)]
+        vector_taps = [tap for tap in self.taps if self.backbone.is_vector(tap)]
         conv_taps = [tap for tap in self.taps if tap not in vector_taps]
         if self.conv_encoding == "bow":
             vector_taps, conv_taps = vector_taps + conv_taps, []

@@ -626,3 +626,33 @@ def test_inverted_index_byte_budget_counts_its_lists():
     assert ack.ACKInvertedIndex.stored_bytes(10 ** 6, n + 1, 1280) > 512 * 10 ** 6
     with pytest.raises(ValueError, match="no ACK code"):
         ack.ACKInvertedIndex.code_length_within(2, 1280, 10)
+
+
+def test_brightening_comparison_sets_each_float_vector_beside_its_code(photo_folder, isolated_cache, tmp_path,
+                                                                       monkeypatch):
+    """Tables 3-4 of chapter 02, here on a network in cnnimageretrieval-pytorch's layout (Table 4's path)."""
+    from helpers import ack, backbones
+    from helpers.data import load_dataset
+    from helpers.evaluate import evaluate_scores, per_query_ap
+    from helpers.features import extract_vectors
+    from helpers.pooling import POOLINGS
+    from retrieval_checkpoints import cirtorch_checkpoint, register
+
+    register(monkeypatch, tmp_path / "torch", "test_r18_ack", "resnet18", "cirtorch", cirtorch_checkpoint("resnet18")[0])
+    bb = backbones.load_backbone("test_r18_ack", device="cpu")
+    ds = load_dataset(f"folder:{photo_folder}")
+    v = {s: extract_vectors(ds, bb, bb.last_conv, 160, s) for s in ("query", "db")}
+    n_kernels = bb.channels(bb.last_conv)
+
+    def measure(scores):
+        return per_query_ap(evaluate_scores(ds, scores))
+
+    out = ack.brightening_comparison(v["query"], v["db"], 64, n_kernels, measure)
+    assert list(out) == list(POOLINGS)
+    for pooling in POOLINGS:
+        np.testing.assert_allclose(out[pooling]["float"], measure(v["db"][pooling] @ v["query"][pooling].T))
+        codes_q, codes_db = (ack.vector_codes(v[s], pooling, 64) for s in ("query", "db"))
+        np.testing.assert_allclose(out[pooling]["ack"], measure(ack.ack_scores(codes_q, codes_db, n_kernels)))
+    with pytest.raises(ValueError, match="unknown brightening"):
+        ack.brightening_comparison(v["query"], v["db"], 64, n_kernels, measure, poolings=("max",))
+    backbones._LOADED.clear()

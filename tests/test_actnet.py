@@ -598,6 +598,12 @@ def _backbone_without_weights(name, monkeypatch):
         random_state = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
         monkeypatch.setattr(backbones.torch, "load", lambda *args, **kwargs: random_state)
         model, _, layers, last_conv, taps = backbones._efficientnet_lite0(device)
+    elif name in backbones.FINE_TUNED:
+        model, layers, last_conv, taps = backbones._retrieval_net(backbones.FINE_TUNED[name].architecture, "gem",
+                                                                  None, True)
+        return backbones.Backbone(name=name, model=model, device=device, weights_id="random",
+                                  mean=backbones.IMAGENET_MEAN, std=backbones.IMAGENET_STD, layers=layers,
+                                  last_conv=last_conv, tap_modules=taps, vector_taps=("descriptor",))
     else:
         with torch.device("meta"):  # shapes only, no memory
             model = getattr(torchvision.models, name)()
@@ -611,10 +617,12 @@ def _backbone_without_weights(name, monkeypatch):
 DEFAULT_STREAMS = {  # the last two conv taps of each backbone (the paper: the last two conv blocks)
     "efficientnet_lite0": ["block6", "conv_head"], "vgg16": ["conv5_2", "conv5_3"], "resnet50": ["layer3", "layer4"],
     "resnet101": ["layer3", "layer4"], "alexnet": ["conv4", "conv5"], "mobilenet_v2": ["block17", "conv_head"],
+    "vgg16_gem_sfm120k": ["conv5_2", "conv5_3"], "resnet101_gem_sfm120k": ["layer3", "layer4"],
+    "resnet101_tl_mac_dir": ["layer3", "layer4"],
 }
 
 
-@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["BACKBONES"]).BACKBONES)
+@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["KNOWN_BACKBONES"]).KNOWN_BACKBONES)
 def test_default_layers_are_the_last_two_conv_taps_of_every_backbone(name, monkeypatch):
     backbone = _backbone_without_weights(name, monkeypatch)
     layers = actnet.default_layers(backbone)
@@ -744,14 +752,14 @@ def photo_folder_image(folder):
     return Image.open(first).convert("RGB").resize((96, 72))
 
 
-@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["BACKBONES"]).BACKBONES)
+@pytest.mark.parametrize("name", __import__("helpers.backbones", fromlist=["KNOWN_BACKBONES"]).KNOWN_BACKBONES)
 def test_trainable_blocks_of_every_backbone_end_at_its_last_conv(name, monkeypatch):
     backbone = _backbone_without_weights(name, monkeypatch)
     conv = backbone.conv_layers
     one, two = actnet.trainable_blocks(backbone, 1), actnet.trainable_blocks(backbone, 2)
     assert one and two[-len(one):] == one and len(two) > len(one)
     head_params = {id(p) for m in actnet.trainable_blocks(backbone, len(conv)) for p in m.parameters(recurse=False)}
-    classifier = backbone.tap_modules["logits"][0]
+    classifier = backbone.tap_modules[backbone.vector_taps[-1]][0]        # logits, or a retrieval net's own head
     assert not any(id(p) in head_params for p in classifier.parameters())   # the classifier never trains
 
 

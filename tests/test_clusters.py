@@ -517,3 +517,42 @@ def test_mean_precision_per_query_is_area_under_share_curve():
     assert abs(100 * area - values[0]) < 0.1
     with pytest.raises(ValueError, match="empty"):
         mean_precision_per_query([])
+
+
+def test_tables_2_and_3_compare_regions_and_the_networks_own_descriptor(photo_folder, isolated_cache, tmp_path,
+                                                                        monkeypatch):
+    """Chapter 06's Tables 2-3 path, on a network in cnnimageretrieval-pytorch's layout (random weights)."""
+    import torch
+
+    from helpers import backbones
+    from helpers.features import load_split_image
+    from helpers.pooling import gem
+    from retrieval_checkpoints import cirtorch_checkpoint, register
+
+    checkpoint, features, _ = cirtorch_checkpoint("resnet18")
+    register(monkeypatch, tmp_path / "torch", "test_r18_tables", "resnet18", "cirtorch", checkpoint)
+    bb = backbones.load_backbone("test_r18_tables", device="cpu")
+    assert bb.architecture == "resnet18"
+    ds = _boxed_folder_dataset(photo_folder)
+    table = hc.fine_tuned_comparison(ds, ds, bb, 160, qe_values=(0, 2), colour_clusters=0, n_components=4)
+    expected_keys = {(r, c, q) for r in ("rmac", "clusters") for c in ("image", "activations") for q in (0, 2)}
+    expected_keys |= {(r, "image", q) for r in ("network", "network+Lw") for q in (0, 2)}
+    assert set(table) == expected_keys
+    assert all(0 <= result["mAP"] <= 100 for result in table.values())
+    own = hc.network_descriptors(ds, bb, 160, "query")
+    with torch.no_grad():
+        raw = gem(features.eval()(bb.preprocess(load_split_image(ds, "query", 0, 160))), 2.7)[0].numpy()
+    np.testing.assert_allclose(own[0], raw / np.linalg.norm(raw), atol=2e-3)   # cached as float16
+    whitened = hc.network_descriptors(ds, bb, 160, "query", "retrieval-SfM-120k")  # P = I, m = 0.01
+    shifted = own[0] - 0.01
+    np.testing.assert_allclose(whitened[0], shifted / np.linalg.norm(shifted), atol=2e-3)
+    with pytest.raises(ValueError, match="no learned whitening 'Landmarks'"):
+        hc.network_descriptors(ds, bb, 160, "query", "Landmarks")
+    backbones._LOADED.clear()
+
+
+def test_network_descriptors_need_a_retrieval_network(photo_folder, backbone, isolated_cache):
+    from helpers.data import load_dataset
+
+    with pytest.raises(ValueError, match="no descriptor of its own"):
+        hc.network_descriptors(load_dataset(f"folder:{photo_folder}"), backbone, 160, "db")

@@ -591,9 +591,12 @@ def _fine_tuned_model(name: str, checkpoint: dict):
         options = checkpoint.get("model_options", {})
         arch = str(options.get("arch", entry.architecture + "_rmac"))
         architecture = arch.split("_")[0]
-        pooling = {"max": "mac", "avg": "spoc", "mean": "spoc"}.get(
-            str(options.get("pooling", "gem")), "gem" if str(options.get("pooling", "gem")).startswith("gem") else None)
+        named = str(options.get("pooling", "gem"))
+        pooling = "gem" if named.startswith("gem") else {"max": "mac", "mac": "mac", "avg": "spoc",
+                                                          "mean": "spoc", "spoc": "spoc"}.get(named)
         mapped = {_dirtorch_key(k): v for k, v in state.items()}
+        if pooling == "gem" and "head.p" not in mapped:  # GeM with a fixed p ("gemp") has no parameter
+            mapped["head.p"] = torch.tensor([float(options.get("gemp", 3))])
         whiten_dim = mapped["head.whiten.weight"].shape[0] if "head.whiten.weight" in mapped else None
         preprocess = checkpoint.get("preprocess", {})
         mean = tuple(preprocess.get("mean", IMAGENET_MEAN))
@@ -604,7 +607,7 @@ def _fine_tuned_model(name: str, checkpoint: dict):
         raise WeightsUnavailableError(f"{entry.filename} holds a {architecture!r} network where {name!r} is a "
                                       f"{entry.architecture!r} one")
     if pooling is None:
-        raise WeightsUnavailableError(f"{entry.filename}: unsupported pooling {options.get('pooling')!r}")
+        raise WeightsUnavailableError(f"{entry.filename}: unsupported pooling {named!r} (gem, max or avg)")
     model, layers, last_conv, taps = _retrieval_net(architecture, pooling, whiten_dim, norm_before_whiten)
     mapped = {k: v for k, v in mapped.items() if not k.endswith("num_batches_tracked")}
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}

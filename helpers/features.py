@@ -249,7 +249,7 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
             for layer in layers:
                 tap = taps[layer][0]
                 if layer in streams:
-                    streams[layer].write(tap.to(torch.float16).cpu().numpy().data)
+                    streams[layer].write(_as_float16(tap, layer, backbone, path).numpy().data)
                     shapes[layer].append(list(tap.shape))
                 if layer in vectors:  # a skipped image is never retrieved: zero vectors
                     pooled = (torch.stack(list(pool_all(tap).values())).cpu().numpy() if img is not None
@@ -271,6 +271,22 @@ def _run_extraction(dataset, backbone, image_size, split, map_layers, vector_lay
         pooled = np.stack(vectors[layer], axis=1)  # 5 x N x C
         arrays = {name: l2n_np(rows) for name, rows in zip(POOLINGS, pooled)}
         atomic_write(_vectors_file(entry, layer), lambda tmp, a=arrays: _save_npz(tmp, a))
+
+
+#: The largest magnitude the float16 map cache can hold.
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def _as_float16(tap: torch.Tensor, layer: str, backbone: Backbone, path) -> torch.Tensor:
+    """A map as the cache stores it; a map beyond float16's range would turn into infinities, so it
+    stops the extraction with what overflowed instead."""
+    peak = float(tap.detach().abs().max()) if tap.numel() else 0.0
+    if not peak <= FLOAT16_MAX:  # also catches NaN
+        raise ValueError(f"tap {layer!r} of {backbone.name} ({backbone.weights_id}) reaches {peak:.4g} on {path}: "
+                         f"beyond float16's range (±{FLOAT16_MAX:.0f}), in which the feature cache stores maps. "
+                         f"The weights are probably not the ones this backbone expects (or its input is not "
+                         f"normalised as {backbone.mean}, {backbone.std}).")
+    return tap.detach().to(torch.float16).cpu()
 
 
 def _save_npz(tmp, arrays):

@@ -203,3 +203,20 @@ def test_missing_fine_tuned_weights_say_where_to_get_them(name, tmp_path, monkey
     entry = B.FINE_TUNED[name]
     assert str(tmp_path / "checkpoints" / entry.filename) in message
     assert (entry.url or "drive.google.com") in message
+
+
+def test_a_dirtorch_gem_network_with_a_fixed_p_gets_it_from_its_options(monkeypatch):
+    from helpers.pooling import gem, l2n
+
+    checkpoint, body, _ = dirtorch_checkpoint("resnet18", pooling="gem")
+    for key in ("module.adpool.p", "module.fc.weight", "module.fc.bias"):  # fixed p, no whitening layer
+        del checkpoint["state_dict"][key]
+    checkpoint["model_options"].update(gemp=4, without_fc=True)
+    monkeypatch.setitem(B.FINE_TUNED, "test_r18_gem", B.FineTunedWeights("resnet18", "dirtorch", "x.pt", None, "", ""))
+    model, *_ = B._fine_tuned_model("test_r18_gem", checkpoint)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), l2n(gem(body.eval()(x), 4.0)))
+    checkpoint["model_options"]["pooling"] = "rmac"
+    with pytest.raises(WeightsUnavailableError, match="unsupported pooling 'rmac'"):
+        B._fine_tuned_model("test_r18_gem", checkpoint)

@@ -197,3 +197,19 @@ def test_unreadable_files_are_marked_on_the_dataset_cold_and_warm(photo_folder, 
     extract_vectors(warm, backbone, "conv_head", 96, "query")   # queries are read from the db entry
     assert warm.unreadable == ds.unreadable
     assert warm.unreadable_indices() == ([ds.imlist.index("cat/cat_1.jpg")],) * 2
+
+
+def test_maps_beyond_float16_stop_the_extraction_with_what_overflowed(photo_folder, backbone, isolated_cache,
+                                                                       monkeypatch):
+    ds = load_dataset(f"folder:{photo_folder}")
+    real = backbone.forward_taps
+
+    def overflowing(x, layers, grad=False):
+        taps = real(x, layers, grad)
+        taps["conv_head"] = taps["conv_head"] * 0 + 7.0e4  # a net whose activations grew out of range
+        return taps
+
+    monkeypatch.setattr(backbone, "forward_taps", overflowing)
+    with pytest.raises(ValueError, match=r"'conv_head' of efficientnet_lite0 .* reaches 7e\+04 .*float16"):
+        extract_maps(ds, backbone, ["conv_head"], 96, "db")
+    assert not list(cache_root().rglob("conv_head.maps.json"))  # nothing half-written is left as an entry

@@ -571,13 +571,25 @@ def _dirtorch_key(key: str) -> str:
 
 def _fine_tuned_model(name: str, checkpoint: dict):
     """The network of checkpoint ``checkpoint`` (see :func:`read_checkpoint`) of registry entry ``name``:
-    ``(model, layers, last_conv, taps, mean, std, learned_whitening)``."""
+    ``(model, layers, last_conv, taps, mean, std, learned_whitening)``. Anything in the file that
+    does not fit its project's published layout raises :class:`WeightsUnavailableError`."""
     entry = FINE_TUNED[name]
+    try:
+        return _fine_tuned_layout(name, entry, checkpoint)
+    except WeightsUnavailableError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise WeightsUnavailableError(f"{entry.filename} is not a {entry.checkpoint_format} checkpoint of a "
+                                      f"{entry.architecture} network ({type(exc).__name__}: {exc})") from exc
+
+
+def _fine_tuned_layout(name: str, entry: FineTunedWeights, checkpoint: dict):
     state = checkpoint["state_dict"]
     if entry.checkpoint_format == "cirtorch":
         meta = checkpoint.get("meta", {})
         architecture = meta.get("architecture", entry.architecture)
-        pooling = meta.get("pooling", "gem")
+        named = str(meta.get("pooling", "gem"))
+        pooling = named if named in ("gem", "mac", "spoc") else None
         if meta.get("local_whitening") or meta.get("regional"):
             raise WeightsUnavailableError(f"{entry.filename}: local or regional whitening is not supported")
         whiten_dim = state["whiten.weight"].shape[0] if "whiten.weight" in state else None
@@ -607,7 +619,7 @@ def _fine_tuned_model(name: str, checkpoint: dict):
         raise WeightsUnavailableError(f"{entry.filename} holds a {architecture!r} network where {name!r} is a "
                                       f"{entry.architecture!r} one")
     if pooling is None:
-        raise WeightsUnavailableError(f"{entry.filename}: unsupported pooling {named!r} (gem, max or avg)")
+        raise WeightsUnavailableError(f"{entry.filename}: unsupported pooling {named!r} (GeM, MAC or SPoC)")
     model, layers, last_conv, taps = _retrieval_net(architecture, pooling, whiten_dim, norm_before_whiten)
     mapped = {k: v for k, v in mapped.items() if not k.endswith("num_batches_tracked")}
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}

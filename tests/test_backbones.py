@@ -220,3 +220,19 @@ def test_a_dirtorch_gem_network_with_a_fixed_p_gets_it_from_its_options(monkeypa
     checkpoint["model_options"]["pooling"] = "rmac"
     with pytest.raises(WeightsUnavailableError, match="unsupported pooling 'rmac'"):
         B._fine_tuned_model("test_r18_gem", checkpoint)
+
+
+@pytest.mark.parametrize("damage, message", [("pooling", "unsupported pooling 'gemmp'"),
+                                             ("index", "IndexError"), ("state", "AttributeError")])
+def test_a_cirtorch_file_outside_the_published_layout_is_refused_not_misread(damage, message, monkeypatch):
+    monkeypatch.setitem(B.FINE_TUNED, "test_r18", B.FineTunedWeights("resnet18", "cirtorch", "r18.pth", None, "", ""))
+    checkpoint, _, _ = cirtorch_checkpoint("resnet18")
+    B._fine_tuned_model("test_r18", checkpoint)  # the undamaged file loads
+    if damage == "pooling":
+        checkpoint["meta"]["pooling"] = "gemmp"
+    elif damage == "index":
+        checkpoint["state_dict"]["features.12.weight"] = torch.zeros(1)  # ResNet's features end at index 7
+    else:
+        checkpoint["state_dict"] = [("features.0.weight", torch.zeros(1))]
+    with pytest.raises(WeightsUnavailableError, match=message):
+        B._fine_tuned_model("test_r18", checkpoint)

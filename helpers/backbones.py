@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cache import shown_path
+
 __all__ = [
     "BACKBONES",
     "Backbone",
@@ -311,10 +313,10 @@ def _torchvision_model(name: str):
 
 def _missing_weights_message(name, url, cached):
     return (
-        f"The ImageNet weights of {name!r} are not in the torch cache ({cached}) and could not be "
-        f"downloaded. On a machine with internet run\n"
+        f"The ImageNet weights of {name!r} are not in the torch cache ({shown_path(cached)}). "
+        f"On a machine with internet run\n"
         f"    python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"\n"
-        f"or download {url} and copy it to {cached}. "
+        f"or download {url} and copy it to {shown_path(cached)}. "
         f"The offline default backbone is 'efficientnet_lite0'."
     )
 
@@ -463,10 +465,10 @@ def read_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except Exception as exc:  # truncated zip, not a pickle, a wrong file
-        raise WeightsUnavailableError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+        raise WeightsUnavailableError(f"{shown_path(path)} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
                                       f"delete it and fetch it again") from exc
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise WeightsUnavailableError(f"{path} holds no 'state_dict': not a retrieval network checkpoint")
+        raise WeightsUnavailableError(f"{shown_path(path)} holds no 'state_dict': not a retrieval network checkpoint")
     return state
 
 
@@ -679,10 +681,10 @@ def _fetch_message(name: str, path: Path) -> str:
     if entry.url:
         how = (f"on a machine with internet run\n    python -c \"from helpers.backbones import load_backbone; "
                f"load_backbone('{name}')\"\n(it downloads the file and checks its hash), or download {entry.url} "
-               f"and save it as {path}")
+               f"and save it as {shown_path(path)}")
     else:
-        how = f"download it by hand from {entry.page} and save it as {path}"
-    return f"The weights of {name!r} ({entry.description}) are not at {path}: {how}."
+        how = f"download it by hand from {entry.page} and save it as {shown_path(path)}"
+    return f"The weights of {name!r} ({entry.description}) are not at {shown_path(path)}: {how}."
 
 
 def _fine_tuned_weights_file(name: str) -> tuple[Path, str]:
@@ -700,7 +702,7 @@ def _fine_tuned_weights_file(name: str) -> tuple[Path, str]:
     digest = _sha256(path)
     prefix = _hash_prefix(path.name)
     if prefix is not None and not digest.startswith(prefix):
-        raise WeightsUnavailableError(f"{path} is damaged: its sha256 starts {digest[:len(prefix)]}, its name says "
+        raise WeightsUnavailableError(f"{shown_path(path)} is damaged: its sha256 starts {digest[:len(prefix)]}, its name says "
                                       f"{prefix}. Delete it and fetch it again.")
     return path, path.stem if prefix else f"{path.stem}-{digest[:8]}"
 

@@ -31,10 +31,21 @@ from typing import Callable, TypeVar
 
 __all__ = [
     "DamagedCacheError", "DamagedCacheWarning", "atomic_path", "atomic_write", "cache_root", "read_entry",
-    "remove_stale_temporaries", "safe_name",
+    "remove_stale_temporaries", "safe_name", "shown_path",
 ]
 
 T = TypeVar("T")
+
+
+def shown_path(path) -> str:
+    """A path as messages print it: relative to the repository inside it, ``~/...`` inside the home
+    folder, otherwise as it is, so that a chapter's committed output names no one machine's folders."""
+    path = Path(path).expanduser()
+    resolved = path.resolve()
+    for base, prefix in ((Path(__file__).resolve().parent.parent, ""), (Path.home().resolve(), "~/")):
+        if resolved.is_relative_to(base):
+            return prefix + resolved.relative_to(base).as_posix()
+    return str(path)
 
 #: Temporary files are named ``.<final name>.<pid>-<random>.tmp`` (see :func:`atomic_path`).
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{12}\.tmp$")

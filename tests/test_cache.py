@@ -77,3 +77,15 @@ def test_read_entry_reports_deletes_and_returns_none_for_damaged_files(tmp_path)
 
 def test_safe_name():
     assert cache.safe_name("folder:/a b/c") == "folder__a_b_c"
+
+
+def test_shown_path_names_no_machine_folder_for_the_repository_or_home(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from helpers.cache import shown_path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert shown_path(repo / "data" / "demo") == "data/demo"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert shown_path(tmp_path / ".cache" / "torch" / "w.pth") == "~/.cache/torch/w.pth"
+    assert shown_path("/nonexistent-root/w.pth") == "/nonexistent-root/w.pth"
